@@ -1,0 +1,130 @@
+//! The admin listener: `/healthz` (the process is up), `/readyz` (every
+//! upstream pool has a healthy host), `/metrics` (Prometheus) and `/upstreams`
+//! (per-host health). Everything except `/healthz` and `/readyz` needs
+//! `Authorization: Bearer <admin.token>`; without a configured token those
+//! endpoints answer 403. Later: approvals and the console.
+
+use crate::metrics::Metrics;
+use crate::routing::UpstreamPool;
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+pub struct AdminApp {
+    token_digest: Option<[u8; 32]>,
+    pools: Arc<Vec<UpstreamPool>>,
+    metrics: Arc<Metrics>,
+}
+
+impl AdminApp {
+    pub fn new(token: Option<&str>, pools: Arc<Vec<UpstreamPool>>, metrics: Arc<Metrics>) -> Self {
+        AdminApp {
+            token_digest: token.map(|t| Sha256::digest(t.as_bytes()).into()),
+            pools,
+            metrics,
+        }
+    }
+
+    /// Compares digests in constant time, so neither content nor length leaks.
+    fn authorized(&self, session: &ServerSession) -> bool {
+        let Some(expected) = &self.token_digest else {
+            return false;
+        };
+        let presented = crate::identity::presented_key(&session.req_header().headers).unwrap_or("");
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        bool::from(digest.ct_eq(expected))
+    }
+
+    fn readiness(&self) -> (bool, serde_json::Value) {
+        let mut all = true;
+        let mut pools = serde_json::Map::new();
+        for p in self.pools.iter() {
+            let ready = p.is_ready();
+            all &= ready;
+            pools.insert(p.name.clone(), json!(ready));
+        }
+        (all, json!({"ready": all, "upstreams": pools}))
+    }
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
+    let body = serde_json::to_vec(&body).expect("json values serialise");
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("content-length", body.len())
+        .body(body)
+        .expect("static response parts are valid")
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Vec<u8>> {
+    json_response(
+        status,
+        json!({"error": {"message": message, "type": "admin_error", "code": null}}),
+    )
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_string();
+        let is_get = session.req_header().method == http::Method::GET;
+        match path.as_str() {
+            "/healthz" => json_response(StatusCode::OK, json!({"status": "ok"})),
+            "/readyz" => {
+                let (ready, body) = self.readiness();
+                let status = if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                json_response(status, body)
+            }
+            "/metrics" | "/upstreams" if self.token_digest.is_none() => {
+                error(StatusCode::FORBIDDEN, "admin.token is not configured")
+            }
+            "/metrics" | "/upstreams" if !self.authorized(session) => {
+                let mut r = error(StatusCode::UNAUTHORIZED, "admin token required");
+                r.headers_mut()
+                    .insert("www-authenticate", "Bearer".parse().unwrap());
+                r
+            }
+            "/metrics" | "/upstreams" if !is_get => {
+                error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
+            }
+            "/metrics" => {
+                let body = self.metrics.render();
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "text/plain; version=0.0.4")
+                    .header("content-length", body.len())
+                    .body(body)
+                    .expect("static response parts are valid")
+            }
+            "/upstreams" => {
+                let pools: serde_json::Map<_, _> = self
+                    .pools
+                    .iter()
+                    .map(|p| {
+                        let hosts: serde_json::Map<_, _> = p
+                            .host_health()
+                            .into_iter()
+                            .map(|(h, ok)| (h, json!(ok)))
+                            .collect();
+                        (
+                            p.name.clone(),
+                            json!({"ready": p.is_ready(), "hosts": hosts}),
+                        )
+                    })
+                    .collect();
+                json_response(StatusCode::OK, json!(pools))
+            }
+            _ => error(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! The typed configuration schema: every key modelgate accepts, with its
+//! default documented beside it. Unknown keys are rejected everywhere
+//! (`deny_unknown_fields`), except that `server:` is Pingora's own
+//! `ServerConf`, checked against Pingora's key list in `config::load`.
+//!
+//! This module only describes shapes; cross-field checks (a route naming an
+//! upstream that exists, ...) live in `config::validate`.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+/// The whole `modelgate.yaml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Pingora's server settings (`threads`, `pid_file`, `upgrade_sock`,
+    /// `grace_period_seconds`, ...), passed through unchanged. Default: Pingora's
+    /// defaults, except `threads` which defaults to the number of CPUs.
+    #[serde(default)]
+    pub server: serde_yaml::Mapping,
+    /// Addresses the proxy listens on, e.g. `["0.0.0.0:8080"]`. Required.
+    pub listen: Vec<String>,
+    /// The admin listener (`/healthz`, `/readyz`, `/metrics`). Optional: without
+    /// it there is no admin port.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// Request limits and client-side timeouts.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Clients allowed to call the gateway.
+    #[serde(default)]
+    pub clients: Vec<ClientConfig>,
+    /// Named pools of model hosts. At least one.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Routes, evaluated in order; the first match wins. At least one.
+    pub routes: Vec<RouteConfig>,
+    /// Named policies that routes refer to. `default: {}` is implied when absent.
+    #[serde(default)]
+    pub policies: BTreeMap<String, PolicyConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin listener, e.g. `127.0.0.1:9090`.
+    pub listen: String,
+    /// Bearer token required for every admin endpoint except `/healthz` and
+    /// `/readyz`. Without it those endpoints answer 403.
+    #[serde(default)]
+    pub token: Option<Secret>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body accepted, in bytes; larger → 413. Default 10 MiB.
+    pub max_request_body_bytes: usize,
+    /// Time allowed to receive the whole request body. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub client_body_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_body_bytes: 10 * 1024 * 1024,
+            client_body_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Client name, used in metrics labels and logs. Unique.
+    pub name: String,
+    /// Hex SHA-256 of the client's key (`modelgate hash-key` prints it). The key
+    /// itself is never stored.
+    pub key_sha256: String,
+    /// Groups the client belongs to (used by policies).
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `host:port` of each model server; hostnames are resolved at start-up
+    /// (every address becomes a backend). Round-robin, health-checked.
+    pub hosts: Vec<String>,
+    /// Value sent upstream as the credential header, e.g. `Bearer ${VLLM_API_KEY}`.
+    #[serde(default)]
+    pub credential: Option<Secret>,
+    /// File holding the credential header value (e.g. a mounted Kubernetes
+    /// Secret), read at start-up and trimmed. Exclusive with `credential`.
+    #[serde(default)]
+    pub credential_file: Option<String>,
+    /// Header that carries the credential. Default `authorization`.
+    #[serde(default = "default_credential_header")]
+    pub credential_header: String,
+    /// `Host` header sent upstream. Default: the client's `Host`.
+    #[serde(default)]
+    pub host_header: Option<String>,
+    /// Timeout to establish a TCP connection to a host. Default `2s`.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest wait for the next bytes from the upstream. Long by default
+    /// (`300s`) because models may think for a while between tokens.
+    #[serde(default = "default_read_timeout", with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// Longest wait to write to the upstream. Default `30s`.
+    #[serde(default = "default_write_timeout", with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// How long an idle keep-alive connection to a host is kept. Default `60s`.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Active health checking of every host.
+    #[serde(default)]
+    pub health_check: HealthCheckConfig,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheckKind {
+    /// A TCP connect succeeds.
+    Tcp,
+    /// `GET path` answers 2xx.
+    Http,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckConfig {
+    /// `tcp` (default) or `http`.
+    pub kind: HealthCheckKind,
+    /// Path probed by `http` checks. Default `/health`.
+    pub path: String,
+    /// Time between checks. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Timeout of one check. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            kind: HealthCheckKind::Tcp,
+            path: "/health".into(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Name used in metrics and logs. Default `<upstream>` or
+    /// `<upstream>#<index>` when several routes share an upstream.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Request path prefix this route serves. Default `/`.
+    #[serde(default = "default_path_prefix")]
+    pub path_prefix: String,
+    /// Glob(s) over the `model` field of an OpenAI-style JSON body, e.g.
+    /// `llama-*` or `[llama-*, meta-*]`. Absent: any model, or none.
+    #[serde(default)]
+    pub model: Option<OneOrMany>,
+    /// Upstream pool name (a key of `upstreams`).
+    pub upstream: String,
+    /// Policy name (a key of `policies`). Default `default`.
+    #[serde(default = "default_policy")]
+    pub policy: String,
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// What a route's calls may do. Later features (masking, rules, approval)
+/// extend this; today it has no settings, and unknown keys are rejected.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {}
+
+/// A configuration string that must never be printed: `Debug` redacts it.
+#[derive(Deserialize, Clone, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+fn default_credential_header() -> String {
+    "authorization".into()
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_write_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_path_prefix() -> String {
+    "/".into()
+}
+fn default_policy() -> String {
+    "default".into()
+}

@@ -1,0 +1,193 @@
+//! Cross-field checks on a parsed [`Config`]: things the schema alone cannot
+//! express (names that must exist, addresses that must parse, globs that must
+//! compile). Each error names the key path and what was expected.
+
+use super::{Config, ConfigError};
+use http::{HeaderName, HeaderValue};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+pub fn validate(c: &Config) -> Result<(), ConfigError> {
+    c.server_conf()?;
+
+    if c.listen.is_empty() {
+        return Err(ConfigError::at(
+            "listen",
+            "at least one address is required (e.g. [\"0.0.0.0:8080\"])",
+        ));
+    }
+    for (i, addr) in c.listen.iter().enumerate() {
+        socket_addr(&format!("listen[{i}]"), addr)?;
+    }
+    if let Some(admin) = &c.admin {
+        socket_addr("admin.listen", &admin.listen)?;
+        if c.listen.contains(&admin.listen) {
+            return Err(ConfigError::at(
+                "admin.listen",
+                "must differ from every `listen` address (the admin port is separate)",
+            ));
+        }
+        if admin.token.as_ref().is_some_and(|t| t.0.trim().is_empty()) {
+            return Err(ConfigError::at(
+                "admin.token",
+                "is empty (set a token or remove the key)",
+            ));
+        }
+    }
+    if c.limits.max_request_body_bytes == 0 {
+        return Err(ConfigError::at(
+            "limits.max_request_body_bytes",
+            "must be greater than 0",
+        ));
+    }
+
+    let mut names = HashSet::new();
+    for (i, client) in c.clients.iter().enumerate() {
+        let at = format!("clients[{i}]");
+        if client.name.trim().is_empty() {
+            return Err(ConfigError::at(format!("{at}.name"), "must not be empty"));
+        }
+        if !names.insert(client.name.as_str()) {
+            return Err(ConfigError::at(
+                format!("{at}.name"),
+                format!("duplicate client name `{}`", client.name),
+            ));
+        }
+        let k = &client.key_sha256;
+        if k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ConfigError::at(
+                format!("{at}.key_sha256"),
+                "expected 64 hex characters, the SHA-256 of the key (`modelgate hash-key` prints it)",
+            ));
+        }
+    }
+
+    if c.upstreams.is_empty() {
+        return Err(ConfigError::at(
+            "upstreams",
+            "at least one upstream pool is required",
+        ));
+    }
+    for (name, up) in &c.upstreams {
+        let at = format!("upstreams.{name}");
+        if up.hosts.is_empty() {
+            return Err(ConfigError::at(
+                format!("{at}.hosts"),
+                "at least one host:port is required",
+            ));
+        }
+        for (i, host) in up.hosts.iter().enumerate() {
+            let ok = host
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !ok {
+                return Err(ConfigError::at(
+                    format!("{at}.hosts[{i}]"),
+                    format!(
+                        "`{host}` is not host:port (e.g. 10.0.0.5:8000 or vllm.models.svc:8000)"
+                    ),
+                ));
+            }
+        }
+        if up.credential.is_some() && up.credential_file.is_some() {
+            return Err(ConfigError::at(
+                &at,
+                "set either `credential` or `credential_file`, not both",
+            ));
+        }
+        if let Some(cred) = &up.credential {
+            if HeaderValue::from_str(&cred.0).is_err() {
+                // Never echo the value: it is a secret.
+                return Err(ConfigError::at(
+                    format!("{at}.credential"),
+                    "is not a valid HTTP header value (control characters or non-ASCII?)",
+                ));
+            }
+        }
+        if HeaderName::from_bytes(up.credential_header.as_bytes()).is_err() {
+            return Err(ConfigError::at(
+                format!("{at}.credential_header"),
+                format!("`{}` is not a valid HTTP header name", up.credential_header),
+            ));
+        }
+        if !up.health_check.path.starts_with('/') {
+            return Err(ConfigError::at(
+                format!("{at}.health_check.path"),
+                "must start with `/`",
+            ));
+        }
+        if up.health_check.interval.is_zero() {
+            return Err(ConfigError::at(
+                format!("{at}.health_check.interval"),
+                "must be greater than 0",
+            ));
+        }
+    }
+
+    if c.routes.is_empty() {
+        return Err(ConfigError::at("routes", "at least one route is required"));
+    }
+    let mut route_names = HashSet::new();
+    for (i, r) in c.routes.iter().enumerate() {
+        let at = format!("routes[{i}]");
+        if !r.path_prefix.starts_with('/') {
+            return Err(ConfigError::at(
+                format!("{at}.path_prefix"),
+                "must start with `/`",
+            ));
+        }
+        if !c.upstreams.contains_key(&r.upstream) {
+            let known: Vec<&str> = c.upstreams.keys().map(String::as_str).collect();
+            return Err(ConfigError::at(
+                format!("{at}.upstream"),
+                format!(
+                    "unknown upstream `{}` (defined: {})",
+                    r.upstream,
+                    known.join(", ")
+                ),
+            ));
+        }
+        if !c.policies.contains_key(&r.policy) && r.policy != "default" {
+            let mut known: Vec<&str> = c.policies.keys().map(String::as_str).collect();
+            if !known.contains(&"default") {
+                known.push("default");
+            }
+            return Err(ConfigError::at(
+                format!("{at}.policy"),
+                format!(
+                    "unknown policy `{}` (defined: {})",
+                    r.policy,
+                    known.join(", ")
+                ),
+            ));
+        }
+        if let Some(models) = &r.model {
+            for (j, glob) in models.to_vec().iter().enumerate() {
+                if let Err(e) = globset::Glob::new(glob) {
+                    return Err(ConfigError::at(
+                        format!("{at}.model[{j}]"),
+                        format!("`{glob}` is not a valid glob: {}", e.kind()),
+                    ));
+                }
+            }
+        }
+        if let Some(name) = &r.name {
+            if !route_names.insert(name.as_str()) {
+                return Err(ConfigError::at(
+                    format!("{at}.name"),
+                    format!("duplicate route name `{name}`"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn socket_addr(at: &str, addr: &str) -> Result<SocketAddr, ConfigError> {
+    addr.parse().map_err(|_| {
+        ConfigError::at(
+            at,
+            format!("`{addr}` is not an IP:port address (e.g. 0.0.0.0:8080 or [::]:8080)"),
+        )
+    })
+}

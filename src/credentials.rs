@@ -1,0 +1,146 @@
+//! Upstream credentials: where the service credential comes from (inline
+//! config with `${ENV}` expansion, or a file such as a mounted Kubernetes
+//! Secret) and the header swap on every upstream request: the client's own
+//! `Authorization`/`x-api-key` are removed, the pool's credential is added.
+//!
+//! The credential is held as an `http::HeaderValue` marked sensitive, and no
+//! `Debug`/`Display` here prints it.
+
+use crate::config::{ConfigError, UpstreamConfig};
+use http::{HeaderName, HeaderValue};
+use pingora_http::RequestHeader;
+use std::fmt;
+
+/// The credential a pool sends upstream.
+#[derive(Clone)]
+pub struct UpstreamCredential {
+    header: HeaderName,
+    value: Option<HeaderValue>,
+}
+
+impl fmt::Debug for UpstreamCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "UpstreamCredential({}: {})",
+            self.header,
+            if self.value.is_some() {
+                "<redacted>"
+            } else {
+                "none"
+            }
+        )
+    }
+}
+
+/// Client headers that carry the client's own credentials; never forwarded.
+const CLIENT_CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "x-api-key", "proxy-authorization"];
+
+impl UpstreamCredential {
+    /// Loads the credential for pool `name`.
+    pub fn from_config(name: &str, up: &UpstreamConfig) -> Result<Self, ConfigError> {
+        let header = HeaderName::from_bytes(up.credential_header.as_bytes()).map_err(|_| {
+            ConfigError::at(
+                format!("upstreams.{name}.credential_header"),
+                "invalid header name",
+            )
+        })?;
+        let raw = match (&up.credential, &up.credential_file) {
+            (Some(c), _) => Some(c.0.clone()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        ConfigError::at(
+                            format!("upstreams.{name}.credential_file"),
+                            format!("cannot read `{path}`: {e}"),
+                        )
+                    })?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        let value = raw
+            .map(|raw| {
+                let mut v = HeaderValue::from_str(&raw).map_err(|_| {
+                    ConfigError::at(
+                        format!("upstreams.{name}.credential"),
+                        "is not a valid HTTP header value",
+                    )
+                })?;
+                v.set_sensitive(true);
+                Ok::<_, ConfigError>(v)
+            })
+            .transpose()?;
+        Ok(UpstreamCredential { header, value })
+    }
+
+    /// Strips the client's credentials from `req` and adds the pool's.
+    pub fn apply(&self, req: &mut RequestHeader) {
+        for h in CLIENT_CREDENTIAL_HEADERS {
+            req.remove_header(h);
+        }
+        if let Some(v) = &self.value {
+            // insert_header only fails on invalid names/values; both are pre-validated.
+            let _ = req.insert_header(self.header.clone(), v.clone());
+        }
+    }
+
+    /// True if `text` contains the credential (used by tests and error scrubbing).
+    pub fn appears_in(&self, text: &str) -> bool {
+        self.value
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| !v.is_empty() && text.contains(v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn upstream(yaml: &str) -> UpstreamConfig {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn swaps_client_auth_for_service_credential() {
+        let up = upstream("hosts: ['127.0.0.1:1']\ncredential: 'Bearer svc'\n");
+        let cred = UpstreamCredential::from_config("p", &up).unwrap();
+        let mut req = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
+        req.insert_header("authorization", "Bearer client-key")
+            .unwrap();
+        req.insert_header("x-api-key", "client-key").unwrap();
+        cred.apply(&mut req);
+        assert_eq!(req.headers.get("authorization").unwrap(), "Bearer svc");
+        assert!(req.headers.get("x-api-key").is_none());
+        assert!(!format!("{cred:?}").contains("svc"));
+    }
+
+    #[test]
+    fn custom_header_and_file_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "file-secret\n").unwrap();
+        let mut up = upstream("hosts: ['127.0.0.1:1']\ncredential_header: x-api-key\n");
+        up.credential_file = Some(path.to_string_lossy().into());
+        let cred = UpstreamCredential::from_config("p", &up).unwrap();
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("authorization", "Bearer client").unwrap();
+        cred.apply(&mut req);
+        assert!(req.headers.get("authorization").is_none());
+        assert_eq!(req.headers.get("x-api-key").unwrap(), "file-secret");
+
+        up.credential_file = Some("/nonexistent/key".into());
+        let e = UpstreamCredential::from_config("p", &up).unwrap_err().0;
+        assert!(
+            e.starts_with("upstreams.p.credential_file: cannot read"),
+            "{e}"
+        );
+        up.credential_file = None;
+        up.credential = Some(Secret("bad\nvalue".into()));
+        let e = UpstreamCredential::from_config("p", &up).unwrap_err().0;
+        assert!(!e.contains("bad"), "{e}");
+    }
+}

@@ -1,0 +1,140 @@
+//! Errors a client sees: JSON in the OpenAI error shape
+//! (`{"error":{"message","type","code"}}`) with the right status. Messages
+//! here are written for clients: they never carry upstream addresses,
+//! credentials or internal error chains (those go to the log).
+
+use bytes::Bytes;
+use serde::Serialize;
+
+/// An error response for a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientError {
+    pub status: u16,
+    /// OpenAI `type`, e.g. `invalid_request_error`, `authentication_error`.
+    pub kind: &'static str,
+    /// OpenAI `code`, e.g. `invalid_api_key`; `None` serialises as `null`.
+    pub code: Option<&'static str>,
+    pub message: String,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    code: Option<&'a str>,
+}
+
+impl ClientError {
+    pub fn new(
+        status: u16,
+        kind: &'static str,
+        code: Option<&'static str>,
+        message: impl Into<String>,
+    ) -> Self {
+        ClientError {
+            status,
+            kind,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn unauthorized(message: &str) -> Self {
+        Self::new(
+            401,
+            "authentication_error",
+            Some("invalid_api_key"),
+            message,
+        )
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, "invalid_request_error", None, message)
+    }
+
+    pub fn not_found(path: &str) -> Self {
+        // The path comes from the client; cap what we echo back.
+        let shown: String = path.chars().take(200).collect();
+        Self::new(
+            404,
+            "invalid_request_error",
+            Some("unknown_route"),
+            format!("No route for `{shown}`."),
+        )
+    }
+
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            413,
+            "invalid_request_error",
+            Some("request_too_large"),
+            format!("Request body exceeds the limit of {limit} bytes."),
+        )
+    }
+
+    pub fn bad_gateway() -> Self {
+        Self::new(
+            502,
+            "upstream_error",
+            Some("upstream_unavailable"),
+            "The model server could not be reached.",
+        )
+    }
+
+    pub fn no_healthy_upstream() -> Self {
+        Self::new(
+            503,
+            "upstream_error",
+            Some("no_healthy_upstream"),
+            "No healthy model server is available for this route.",
+        )
+    }
+
+    pub fn gateway_timeout() -> Self {
+        Self::new(
+            504,
+            "upstream_error",
+            Some("upstream_timeout"),
+            "The model server did not answer in time.",
+        )
+    }
+
+    pub fn internal() -> Self {
+        Self::new(500, "server_error", None, "Internal gateway error.")
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Bytes {
+        let body = Body {
+            error: Inner {
+                message: &self.message,
+                kind: self.kind,
+                code: self.code,
+            },
+        };
+        Bytes::from(serde_json::to_vec(&body).expect("plain struct serialises"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_shape() {
+        let v: serde_json::Value =
+            serde_json::from_slice(&ClientError::unauthorized("nope").body()).unwrap();
+        assert_eq!(v["error"]["message"], "nope");
+        assert_eq!(v["error"]["type"], "authentication_error");
+        assert_eq!(v["error"]["code"], "invalid_api_key");
+        let v: serde_json::Value =
+            serde_json::from_slice(&ClientError::bad_request("x").body()).unwrap();
+        assert!(v["error"]["code"].is_null());
+    }
+}

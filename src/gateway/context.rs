@@ -1,0 +1,81 @@
+//! Per-request state carried across Pingora's hooks.
+
+use crate::identity::Client;
+use bytes::Bytes;
+use pingora_load_balancing::Backend;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+/// What one request has learned so far; created by `new_ctx`.
+pub struct RequestCtx {
+    /// Returned to the client as `x-request-id` and sent upstream.
+    pub request_id: String,
+    pub started: Instant,
+    /// Set once `request_filter` has counted this request as in flight.
+    pub in_flight: bool,
+    pub client: Option<Arc<Client>>,
+    /// Index into the router's routes.
+    pub route: Option<usize>,
+    pub model: Option<String>,
+    /// The request body as it will be forwarded (read whole in `request_filter`).
+    pub body: Bytes,
+    /// Whether the client request framed a body (Content-Length / chunked).
+    pub has_body: bool,
+    /// Hosts tried for this request, in order (failover never repeats one).
+    pub tried: Vec<Backend>,
+    /// When the upstream response header arrived.
+    pub response_started: Option<Instant>,
+}
+
+impl RequestCtx {
+    pub fn new() -> Self {
+        RequestCtx {
+            request_id: next_request_id(),
+            started: Instant::now(),
+            in_flight: false,
+            client: None,
+            route: None,
+            model: None,
+            body: Bytes::new(),
+            has_body: false,
+            tried: Vec::new(),
+            response_started: None,
+        }
+    }
+
+    /// The host now being tried, as `ip:port` (for logs and audit only).
+    pub fn upstream_host(&self) -> Option<String> {
+        self.tried.last().map(|b| b.addr.to_string())
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A unique id: a random per-process prefix and a counter. Cheaper than a
+/// random UUID per request and still unique across replicas and restarts.
+fn next_request_id() -> String {
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        let id = uuid::Uuid::new_v4();
+        u64::from_le_bytes(id.as_bytes()[..8].try_into().expect("8 bytes"))
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix:016x}{n:08x}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_ids_are_unique() {
+        let a = super::next_request_id();
+        let b = super::next_request_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), b.len());
+    }
+}

@@ -1,0 +1,147 @@
+//! Request intake: reading the whole client body (bounded in size and time)
+//! before anything is sent upstream, and probing it for the `model` field.
+//!
+//! The body is read up front because routing needs `model` before an upstream
+//! is chosen, and later stages (policy, approval, audit) need the whole
+//! request. It is replayed upstream by `request_body_filter`
+//! (see vendor/PATCHES.md for why that needs a patched pingora-proxy).
+
+use crate::errors::ClientError;
+use bytes::{Bytes, BytesMut};
+use pingora_http::RequestHeader;
+use pingora_proxy::Session;
+use serde::Deserialize;
+use std::borrow::Cow;
+use std::time::{Duration, Instant};
+
+/// Reads the request body, refusing more than `limit` bytes (413) or a body
+/// that takes longer than `timeout` to arrive (408).
+pub async fn read_body(
+    session: &mut Session,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ClientError> {
+    if let Some(len) = declared_length(session.req_header()) {
+        if len > limit {
+            return Err(ClientError::too_large(limit));
+        }
+    }
+    let deadline = Instant::now() + timeout;
+    let mut first: Option<Bytes> = None;
+    let mut rest: Option<BytesMut> = None;
+    let mut total = 0usize;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let chunk = match tokio::time::timeout(remaining, session.read_request_body()).await {
+            Err(_) => {
+                return Err(ClientError::new(
+                    408,
+                    "invalid_request_error",
+                    Some("request_timeout"),
+                    "The request body was not received in time.",
+                ))
+            }
+            Ok(Err(e)) => {
+                log::debug!("reading request body failed: {e}");
+                return Err(ClientError::bad_request(
+                    "The request body could not be read (malformed framing or connection error).",
+                ));
+            }
+            Ok(Ok(None)) => break,
+            Ok(Ok(Some(chunk))) => chunk,
+        };
+        total += chunk.len();
+        if total > limit {
+            return Err(ClientError::too_large(limit));
+        }
+        // One chunk (the common case) is kept as is; more are concatenated.
+        match (&mut first, &mut rest) {
+            (None, _) => first = Some(chunk),
+            (Some(f), None) => {
+                let mut buf = BytesMut::with_capacity(total.max(f.len() * 2));
+                buf.extend_from_slice(f);
+                buf.extend_from_slice(&chunk);
+                rest = Some(buf);
+            }
+            (Some(_), Some(buf)) => buf.extend_from_slice(&chunk),
+        }
+    }
+    Ok(match (first, rest) {
+        (_, Some(buf)) => buf.freeze(),
+        (Some(f), None) => f,
+        (None, None) => Bytes::new(),
+    })
+}
+
+fn declared_length(req: &RequestHeader) -> Option<usize> {
+    req.headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// True when the request declares a JSON body.
+pub fn is_json(req: &RequestHeader) -> bool {
+    req.headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let ct = ct.split(';').next().unwrap_or("").trim();
+            ct.eq_ignore_ascii_case("application/json") || ct.ends_with("+json")
+        })
+}
+
+#[derive(Deserialize)]
+struct ModelProbe<'a> {
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+}
+
+/// The `model` of a JSON body; the whole body must be a valid JSON object.
+/// Non-JSON requests (by `Content-Type`) and empty bodies have no model.
+pub fn probe_model(req: &RequestHeader, body: &[u8]) -> Result<Option<String>, ClientError> {
+    if body.is_empty() || !is_json(req) {
+        return Ok(None);
+    }
+    match serde_json::from_slice::<ModelProbe>(body) {
+        Ok(p) => Ok(p.model.map(Cow::into_owned)),
+        Err(e) => Err(ClientError::bad_request(format!(
+            "The request body is not valid JSON for this API: {e}."
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json_req() -> RequestHeader {
+        let mut r = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
+        r.insert_header("content-type", "application/json; charset=utf-8")
+            .unwrap();
+        r
+    }
+
+    #[test]
+    fn probes_model_and_rejects_malformed_json() {
+        let r = json_req();
+        let m = probe_model(
+            &r,
+            br#"{"messages":[{"role":"user","content":"hi"}],"model":"llama-3"}"#,
+        );
+        assert_eq!(m.unwrap().as_deref(), Some("llama-3"));
+        let m = probe_model(&r, br#"{"model":"a\u00e9b"}"#).unwrap();
+        assert_eq!(m.as_deref(), Some("aéb"));
+        assert_eq!(probe_model(&r, b"{}").unwrap(), None);
+        let e = probe_model(&r, br#"{"model": "x", "#).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(e.message.contains("not valid JSON"), "{}", e.message);
+        assert_eq!(probe_model(&r, br#"{"model": 7}"#).unwrap_err().status, 400);
+        assert_eq!(probe_model(&r, b"[1,2]").unwrap_err().status, 400);
+        let plain = RequestHeader::build("POST", b"/x", None).unwrap();
+        assert_eq!(probe_model(&plain, b"not json").unwrap(), None);
+    }
+}

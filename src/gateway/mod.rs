@@ -1,0 +1,378 @@
+//! The Pingora `ProxyHttp` implementation: wiring only. Each hook hands its
+//! concern to the module that owns it: identity (who), intake (body, model),
+//! routing (route, pool, host), credentials (header swap), errors (what the
+//! client sees), metrics. Logic longer than a screen belongs in those modules.
+
+mod context;
+pub mod intake;
+
+pub use context::RequestCtx;
+
+use crate::config::{Config, ConfigError};
+use crate::errors::ClientError;
+use crate::identity::ClientRegistry;
+use crate::metrics::Metrics;
+use crate::routing::pool::HealthService;
+use crate::routing::{Router, UpstreamPool};
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The gateway: everything a request needs, built once from the config.
+pub struct Gateway {
+    clients: ClientRegistry,
+    router: Router,
+    pools: Arc<Vec<UpstreamPool>>,
+    metrics: Arc<Metrics>,
+    max_body: usize,
+    body_timeout: Duration,
+}
+
+impl Gateway {
+    /// Builds the gateway and the health-check services its pools need.
+    pub fn build(
+        config: &Config,
+        metrics: Arc<Metrics>,
+    ) -> std::result::Result<(Gateway, Vec<HealthService>), ConfigError> {
+        let mut pools = Vec::new();
+        let mut services = Vec::new();
+        for (name, up) in &config.upstreams {
+            let (pool, hc) = UpstreamPool::build(name, up, metrics.clone())?;
+            pools.push(pool);
+            services.push(hc);
+        }
+        let names: Vec<String> = pools.iter().map(|p| p.name.clone()).collect();
+        let router = Router::new(config, &names)?;
+        let gateway = Gateway {
+            clients: ClientRegistry::new(&config.clients),
+            router,
+            pools: Arc::new(pools),
+            metrics,
+            max_body: config.limits.max_request_body_bytes,
+            body_timeout: config.limits.client_body_timeout,
+        };
+        Ok((gateway, services))
+    }
+
+    /// The pools, shared with the admin service for `/readyz`.
+    pub fn pools(&self) -> Arc<Vec<UpstreamPool>> {
+        self.pools.clone()
+    }
+
+    fn pool_of(&self, ctx: &RequestCtx) -> Option<&UpstreamPool> {
+        ctx.route.map(|r| &self.pools[self.router.get(r).pool])
+    }
+
+    /// Answers the client with `err` and ends the request (`Ok(true)`).
+    async fn reject(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        err: ClientError,
+    ) -> Result<bool> {
+        if matches!(err.status, 400 | 408 | 413) {
+            // The unread rest of the body makes the connection unusable.
+            session.set_keepalive(None);
+        }
+        write_error(session, ctx, &err).await?;
+        Ok(true)
+    }
+}
+
+/// Writes an OpenAI-shaped JSON error with `x-request-id`.
+async fn write_error(session: &mut Session, ctx: &RequestCtx, err: &ClientError) -> Result<()> {
+    let body = err.body();
+    let mut resp = ResponseHeader::build(err.status, Some(4))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    if err.status == 401 {
+        resp.insert_header(http::header::WWW_AUTHENTICATE, "Bearer")?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+/// The client error for a proxy failure; `None` when the client is gone.
+fn client_error_for(e: &Error) -> Option<ClientError> {
+    use ErrorType::*;
+    Some(match e.etype() {
+        HTTPStatus(503) => ClientError::no_healthy_upstream(),
+        HTTPStatus(504) => ClientError::gateway_timeout(),
+        HTTPStatus(code) if *code >= 500 => ClientError::bad_gateway(),
+        HTTPStatus(code) => {
+            ClientError::new(*code, "invalid_request_error", None, "Request refused.")
+        }
+        ConnectTimedout | ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => {
+            ClientError::gateway_timeout()
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => ClientError::bad_gateway(),
+            ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed => return None,
+                _ => ClientError::bad_request("Malformed request."),
+            },
+            ErrorSource::Internal | ErrorSource::Unset => ClientError::internal(),
+        },
+    })
+}
+
+fn upstream_error_kind(e: &Error) -> &'static str {
+    use ErrorType::*;
+    match e.etype() {
+        ConnectTimedout | ReadTimedout | WriteTimedout => "timeout",
+        ConnectRefused | ConnectNoRoute | ConnectError | BindError | SocketError => "connect",
+        HTTPStatus(503) => "no_healthy_host",
+        _ => "io",
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        self.metrics.in_flight.inc();
+        ctx.in_flight = true;
+
+        match self.clients.authenticate(&session.req_header().headers) {
+            Ok(client) => ctx.client = Some(client),
+            Err(e) => {
+                return self
+                    .reject(session, ctx, ClientError::unauthorized(e.message()))
+                    .await
+            }
+        }
+
+        let req = session.req_header();
+        ctx.has_body = req.headers.contains_key(http::header::CONTENT_LENGTH)
+            || req.headers.contains_key(http::header::TRANSFER_ENCODING);
+        ctx.body = match intake::read_body(session, self.max_body, self.body_timeout).await {
+            Ok(body) => body,
+            Err(err) => return self.reject(session, ctx, err).await,
+        };
+        ctx.model = match intake::probe_model(session.req_header(), &ctx.body) {
+            Ok(model) => model,
+            Err(err) => return self.reject(session, ctx, err).await,
+        };
+
+        let path = session.req_header().uri.path();
+        match self.router.route_index(path, ctx.model.as_deref()) {
+            Some(route) => ctx.route = Some(route),
+            None => {
+                let err = ClientError::not_found(path);
+                return self.reject(session, ctx, err).await;
+            }
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let pool = self
+            .pool_of(ctx)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
+        match pool.select(&ctx.tried) {
+            Some(backend) => {
+                let peer = pool.peer(&backend);
+                ctx.tried.push(backend);
+                Ok(Box::new(peer))
+            }
+            // Nothing healthy at all → 503; every healthy host already failed → 502.
+            None if ctx.tried.is_empty() => Error::e_explain(
+                ErrorType::HTTPStatus(503),
+                format!("pool {}: no healthy host", pool.name),
+            ),
+            None => Error::e_explain(
+                ErrorType::HTTPStatus(502),
+                format!("pool {}: every healthy host failed", pool.name),
+            ),
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(pool) = self.pool_of(ctx) else {
+            return Error::e_explain(ErrorType::InternalError, "no route chosen");
+        };
+        pool.credential.apply(req);
+        // Plain bodies only: the masker must read what the model says.
+        req.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
+        if let Some(host) = &pool.host_header {
+            req.insert_header(http::header::HOST, host.as_str())?;
+        }
+        // Hop-by-hop: the upstream connection is ours to keep alive.
+        req.remove_header(&http::header::CONNECTION);
+        req.remove_header("keep-alive");
+        // The body was read whole; it goes up with an exact length.
+        req.remove_header(&http::header::TRANSFER_ENCODING);
+        if ctx.has_body {
+            req.insert_header(http::header::CONTENT_LENGTH, ctx.body.len())?;
+        }
+        req.insert_header("x-request-id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Replay the body read in request_filter (once per upstream attempt).
+        *body = (end_of_stream && !ctx.body.is_empty()).then(|| ctx.body.clone());
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let now = std::time::Instant::now();
+        ctx.response_started = Some(now);
+        if let Some(r) = ctx.route {
+            self.metrics
+                .ttfb
+                .with_label_values(&[self.router.get(r).name.as_str()])
+                .observe(now.duration_since(ctx.started).as_secs_f64());
+        }
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(pool) = self.pool_of(ctx) {
+            self.metrics
+                .upstream_errors
+                .with_label_values(&[pool.name.as_str(), upstream_error_kind(&e)])
+                .inc();
+            // Nothing was sent yet: another host can take the call.
+            if ctx.tried.len() < pool.backend_count() {
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        _session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer: {peer}"));
+        if let (Some(pool), ErrorSource::Upstream) = (self.pool_of(ctx), e.esource()) {
+            self.metrics
+                .upstream_errors
+                .with_label_values(&[pool.name.as_str(), upstream_error_kind(&e)])
+                .inc();
+        }
+        // The whole body is held in ctx, so any method can be replayed when a
+        // reused keep-alive connection turned out to be closed (ReusedOnly).
+        e.retry.decide_reuse(client_reused);
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        // The full error (which may name a peer address) goes to the log only.
+        log::warn!("request {} failed: {e}", ctx.request_id);
+        let Some(err) = client_error_for(e) else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        if e.etype() == &ErrorType::HTTPStatus(503) {
+            if let Some(pool) = self.pool_of(ctx) {
+                self.metrics
+                    .upstream_errors
+                    .with_label_values(&[pool.name.as_str(), "no_healthy_host"])
+                    .inc();
+            }
+        }
+        if session.response_written().is_none() {
+            if let Err(write_err) = write_error(session, ctx, &err).await {
+                log::debug!("could not send error response: {write_err}");
+            }
+        }
+        FailToProxy {
+            error_code: err.status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.in_flight {
+            self.metrics.in_flight.dec();
+        }
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let route = ctx.route.map_or("-", |r| self.router.get(r).name.as_str());
+        let client = ctx.client.as_deref().map_or("-", |c| c.name.as_str());
+        let mut code = itoa::Buffer::new();
+        self.metrics
+            .requests
+            .with_label_values(&[route, code.format(status), client])
+            .inc();
+        self.metrics
+            .duration
+            .with_label_values(&[route])
+            .observe(ctx.started.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_failures_map_to_clean_client_errors() {
+        let e = Error::explain(ErrorType::ConnectRefused, "10.1.2.3:8000 refused");
+        let mut e = *e;
+        e.esource = ErrorSource::Upstream;
+        let ce = client_error_for(&e).unwrap();
+        assert_eq!(ce.status, 502);
+        let body = String::from_utf8(ce.body().to_vec()).unwrap();
+        assert!(!body.contains("10.1.2.3"), "{body}");
+
+        let mut t = *Error::explain(ErrorType::ReadTimedout, "slow");
+        t.esource = ErrorSource::Upstream;
+        assert_eq!(client_error_for(&t).unwrap().status, 504);
+        let s = Error::explain(ErrorType::HTTPStatus(503), "none");
+        assert_eq!(client_error_for(&s).unwrap().status, 503);
+        let mut gone = *Error::explain(ErrorType::ConnectionClosed, "bye");
+        gone.esource = ErrorSource::Downstream;
+        assert!(client_error_for(&gone).is_none());
+    }
+}

@@ -1,0 +1,189 @@
+//! Client identity: who is calling. Owns API-key authentication (keys stored
+//! only as SHA-256, compared in constant time) and the [`Client`] identity that
+//! later stages (policy, metrics, audit) read. Not for authorisation: what a
+//! client may do is the policy's business.
+
+use crate::config::ClientConfig;
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use subtle::{ConditionallySelectable, ConstantTimeEq};
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+/// Why a request was not authenticated; each maps to a 401 message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthError {
+    /// No `Authorization: Bearer` nor `x-api-key` header.
+    Missing,
+    /// A key was presented but matches no client.
+    Invalid,
+}
+
+impl AuthError {
+    pub fn message(self) -> &'static str {
+        match self {
+            AuthError::Missing => {
+                "Missing API key. Send it as `Authorization: Bearer <key>` or `x-api-key: <key>`."
+            }
+            AuthError::Invalid => "Invalid API key.",
+        }
+    }
+}
+
+/// The configured clients, keyed by the SHA-256 of their key.
+///
+/// ```
+/// use modelgate::identity::{ClientRegistry, sha256_hex};
+/// use modelgate::config::ClientConfig;
+/// let reg = ClientRegistry::new(&[ClientConfig {
+///     name: "alice".into(),
+///     key_sha256: sha256_hex("k-alice"),
+///     groups: vec!["analysts".into()],
+/// }]);
+/// assert_eq!(reg.authenticate_key("k-alice").unwrap().name, "alice");
+/// assert!(reg.authenticate_key("k-mallory").is_none());
+/// ```
+pub struct ClientRegistry {
+    entries: Vec<([u8; 32], Arc<Client>)>,
+}
+
+impl ClientRegistry {
+    /// Builds the registry. `key_sha256` values must already be validated hex.
+    pub fn new(clients: &[ClientConfig]) -> Self {
+        let entries = clients
+            .iter()
+            .map(|c| {
+                let mut digest = [0u8; 32];
+                hex::decode_to_slice(c.key_sha256.to_ascii_lowercase(), &mut digest)
+                    .expect("key_sha256 validated at config load");
+                (
+                    digest,
+                    Arc::new(Client {
+                        name: c.name.clone(),
+                        groups: c.groups.clone(),
+                    }),
+                )
+            })
+            .collect();
+        ClientRegistry { entries }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Finds the client owning `key`. Every configured digest is compared, in
+    /// constant time, whether or not an earlier one matched, so timing reveals
+    /// neither which client matched nor how much of a digest did.
+    pub fn authenticate_key(&self, key: &str) -> Option<Arc<Client>> {
+        let presented: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let mut found = subtle::Choice::from(0u8);
+        let mut index = 0u64;
+        for (i, (digest, _)) in self.entries.iter().enumerate() {
+            let hit = digest.ct_eq(&presented);
+            index.conditional_assign(&(i as u64), hit & !found);
+            found |= hit;
+        }
+        bool::from(found).then(|| self.entries[index as usize].1.clone())
+    }
+
+    /// Authenticates a request from its headers: `Authorization: Bearer <key>`
+    /// or `x-api-key: <key>`.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Client>, AuthError> {
+        let key = presented_key(headers).ok_or(AuthError::Missing)?;
+        self.authenticate_key(key).ok_or(AuthError::Invalid)
+    }
+}
+
+/// The key a client presented, if any.
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get(http::header::AUTHORIZATION) {
+        let v = v.to_str().ok()?.trim();
+        let (scheme, rest) = v.split_once(' ')?;
+        if scheme.eq_ignore_ascii_case("bearer") && !rest.trim().is_empty() {
+            return Some(rest.trim());
+        }
+        return None;
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+}
+
+/// Lower-case hex SHA-256 of a key, the form stored in `clients[].key_sha256`.
+pub fn sha256_hex(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> ClientRegistry {
+        let mk = |name: &str, key: &str| ClientConfig {
+            name: name.into(),
+            key_sha256: sha256_hex(key),
+            groups: vec![],
+        };
+        ClientRegistry::new(&[mk("alice", "ka"), mk("bob", "kb"), mk("carol", "kc")])
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn finds_each_client_and_rejects_others() {
+        let r = registry();
+        for (k, n) in [("ka", "alice"), ("kb", "bob"), ("kc", "carol")] {
+            assert_eq!(r.authenticate_key(k).unwrap().name, n);
+        }
+        assert!(r.authenticate_key("kd").is_none());
+        assert!(r.authenticate_key("").is_none());
+    }
+
+    #[test]
+    fn reads_bearer_and_x_api_key() {
+        let r = registry();
+        let ok = r.authenticate(&headers(&[("authorization", "Bearer kb")]));
+        assert_eq!(ok.unwrap().name, "bob");
+        let ok = r.authenticate(&headers(&[("authorization", "bearer  kb ")]));
+        assert_eq!(ok.unwrap().name, "bob");
+        let ok = r.authenticate(&headers(&[("x-api-key", "kc")]));
+        assert_eq!(ok.unwrap().name, "carol");
+        assert_eq!(r.authenticate(&headers(&[])), Err(AuthError::Missing));
+        assert_eq!(
+            r.authenticate(&headers(&[("authorization", "Basic a2E=")])),
+            Err(AuthError::Missing)
+        );
+        assert_eq!(
+            r.authenticate(&headers(&[("authorization", "Bearer nope")])),
+            Err(AuthError::Invalid)
+        );
+    }
+
+    #[test]
+    fn hash_matches_sha256sum() {
+        // printf %s secret | sha256sum
+        assert_eq!(
+            sha256_hex("secret"),
+            "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
+        );
+    }
+}

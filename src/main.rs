@@ -1,0 +1,200 @@
+//! The `modelgate` command: Pingora's conventions (`-c FILE` run, `-t` test
+//! the config, `-d` daemon, `-u` graceful upgrade) plus subcommands
+//! (`demo`, `hash-key`). `main` reads top to bottom: logger, options,
+//! config, server, bootstrap, services, run.
+
+use clap::{Parser, Subcommand};
+use modelgate::config::{self, Config};
+use modelgate::{app, demo, gateway::Gateway, identity, metrics::Metrics};
+use pingora_core::server::configuration::Opt;
+use pingora_core::server::Server;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "modelgate",
+    version,
+    about = "A gateway for self-hosted language models"
+)]
+struct Cli {
+    /// Configuration file (YAML).
+    #[arg(short = 'c', long = "conf", global = true)]
+    conf: Option<PathBuf>,
+    /// Test the configuration and exit (0 if valid), like `nginx -t`.
+    #[arg(short = 't', long = "test")]
+    test: bool,
+    /// Run in the background.
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+    /// Graceful upgrade: take over the listening sockets of a running
+    /// instance through `server.upgrade_sock`, then let it drain.
+    #[arg(short = 'u', long = "upgrade")]
+    upgrade: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway in front of a built-in demo model (no model server needed).
+    Demo {
+        /// Where the gateway listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Where the admin listener listens.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: String,
+        /// Where the built-in demo model listens.
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        model: String,
+    },
+    /// Print the SHA-256 of a client key, for `clients[].key_sha256`.
+    /// Reads the key from standard input when not given.
+    HashKey { key: Option<String> },
+    /// Run only the demo model, as an upstream for tests and load tests.
+    #[command(hide = true)]
+    DemoModel {
+        #[arg(long)]
+        listen: String,
+        #[arg(long, default_value = "demo-model")]
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::HashKey { ref key }) => hash_key(key.clone()),
+        Some(Command::Demo {
+            ref listen,
+            ref admin,
+            ref model,
+        }) => run_demo(&cli, listen, admin, model),
+        Some(Command::DemoModel {
+            ref listen,
+            ref name,
+            threads,
+        }) => run_demo_model(listen, name, threads),
+        None => match cli.conf.clone() {
+            None => fail("no configuration file: use `modelgate -c FILE` (or `modelgate demo`)"),
+            Some(path) if cli.test => test_config(&path),
+            Some(path) => match load(&path) {
+                Ok(config) => run(&cli, &config, None),
+                Err(e) => fail(&format!("{e} in {}", path.display())),
+            },
+        },
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("modelgate: {msg}");
+    ExitCode::FAILURE
+}
+
+/// Loads, validates, and builds everything that can fail without running:
+/// hosts resolve, credential files are readable.
+fn load(path: &Path) -> Result<Config, config::ConfigError> {
+    let config = config::load_file(path)?;
+    Gateway::build(&config, Arc::new(Metrics::new()))?;
+    Ok(config)
+}
+
+fn test_config(path: &Path) -> ExitCode {
+    match load(path) {
+        Ok(_) => {
+            println!(
+                "modelgate: the configuration file {} syntax is ok",
+                path.display()
+            );
+            println!(
+                "modelgate: configuration file {} test is successful",
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("modelgate: {e} in {}", path.display());
+            eprintln!(
+                "modelgate: configuration file {} test failed",
+                path.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the gateway until shutdown (SIGTERM: graceful; SIGQUIT: graceful upgrade hand-off).
+fn run(cli: &Cli, config: &Config, demo_model: Option<&str>) -> ExitCode {
+    let conf = match config.server_conf() {
+        Ok(c) => c,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let opt = Opt {
+        upgrade: cli.upgrade,
+        daemon: cli.daemon,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+    if let Err(e) = app::add_services(&mut server, config) {
+        return fail(&e.to_string());
+    }
+    if let Some(listen) = demo_model {
+        server.add_service(demo::demo_service("demo-model", listen));
+    }
+    server.run_forever()
+}
+
+fn run_demo(cli: &Cli, listen: &str, admin: &str, model: &str) -> ExitCode {
+    let env = |name: &str| match name {
+        "MODELGATE_DEMO_LISTEN" => Some(listen.to_string()),
+        "MODELGATE_DEMO_ADMIN" => Some(admin.to_string()),
+        "MODELGATE_DEMO_MODEL" => Some(model.to_string()),
+        _ => None,
+    };
+    let config = match config::load_str(include_str!("../conf/demo.yaml"), &env) {
+        Ok(c) => c,
+        Err(e) => return fail(&format!("{e} in the embedded demo configuration")),
+    };
+    println!(
+        "\nmodelgate demo\n  gateway  http://{listen}   client key: demo-key\n  admin    http://{admin}   token: demo-admin-token\n  model    http://{model}   (built-in demo model; its answers contain PII)\n\nTry it (streaming):\n\n  curl -N http://{listen}/v1/chat/completions \\\n    -H 'Authorization: Bearer demo-key' -H 'Content-Type: application/json' \\\n    -d '{{\"model\":\"demo-model\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"How do I reach support?\"}}]}}'\n\n  curl -s http://{admin}/metrics -H 'Authorization: Bearer demo-admin-token' | grep modelgate_requests\n\nStop with Ctrl-C.\n"
+    );
+    run(cli, &config, Some(model))
+}
+
+fn run_demo_model(listen: &str, name: &str, threads: usize) -> ExitCode {
+    let conf = pingora_core::server::configuration::ServerConf {
+        threads: threads.max(1),
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    server.add_service(demo::demo_service(name, listen));
+    server.run_forever()
+}
+
+fn hash_key(key: Option<String>) -> ExitCode {
+    let key = match key {
+        Some(k) => k,
+        None => {
+            let mut s = String::new();
+            if let Err(e) = std::io::stdin().read_to_string(&mut s) {
+                return fail(&format!("cannot read the key from standard input: {e}"));
+            }
+            s.trim_end_matches(['\n', '\r']).to_string()
+        }
+    };
+    if key.is_empty() {
+        return fail("empty key");
+    }
+    println!("{}", identity::sha256_hex(&key));
+    ExitCode::SUCCESS
+}

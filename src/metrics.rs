@@ -1,0 +1,126 @@
+//! Prometheus metric definitions, in one registry per gateway (not the global
+//! default registry, so tests can run several gateways in one process).
+//! Label cardinality is bounded: `client` is a configured client name (or
+//! `-` before authentication), `route`/`upstream` are configured names,
+//! `status` an HTTP status code.
+
+use prometheus::{
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Finished requests by route, status and client.
+    pub requests: IntCounterVec,
+    /// Total request duration (first byte in → last byte out), by route.
+    pub duration: HistogramVec,
+    /// Time from request start to the upstream's response header, by route.
+    pub ttfb: HistogramVec,
+    /// Upstream failures by pool and kind (`connect`, `timeout`, `io`, `no_healthy_host`).
+    pub upstream_errors: IntCounterVec,
+    /// Requests currently being processed.
+    pub in_flight: IntGauge,
+    /// 1 if the last health check of a host passed.
+    pub upstream_host_healthy: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("modelgate".into()), None)
+            .expect("static registry prefix is valid");
+        // 1 ms .. ~65 s, doubling: covers fast JSON calls and long generations.
+        let buckets = exponential_buckets(0.001, 2.0, 17).expect("static buckets are valid");
+        let requests = IntCounterVec::new(
+            Opts::new("requests_total", "Requests by route, status and client"),
+            &["route", "status", "client"],
+        )
+        .unwrap();
+        let duration = HistogramVec::new(
+            HistogramOpts::new("request_duration_seconds", "Total request duration")
+                .buckets(buckets.clone()),
+            &["route"],
+        )
+        .unwrap();
+        let ttfb = HistogramVec::new(
+            HistogramOpts::new(
+                "time_to_first_byte_seconds",
+                "Request start to upstream response header",
+            )
+            .buckets(buckets),
+            &["route"],
+        )
+        .unwrap();
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "upstream_errors_total",
+                "Upstream failures by pool and kind",
+            ),
+            &["upstream", "kind"],
+        )
+        .unwrap();
+        let in_flight = IntGauge::new("in_flight_requests", "Requests being processed").unwrap();
+        let upstream_host_healthy = IntGaugeVec::new(
+            Opts::new(
+                "upstream_host_healthy",
+                "1 if the host's last health check passed",
+            ),
+            &["upstream", "host"],
+        )
+        .unwrap();
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(ttfb.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(upstream_host_healthy.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Metrics {
+            registry,
+            requests,
+            duration,
+            ttfb,
+            upstream_errors,
+            in_flight,
+            upstream_host_healthy,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding into a Vec cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prefixed_metrics() {
+        let m = Metrics::new();
+        m.requests.with_label_values(&["r", "200", "alice"]).inc();
+        m.in_flight.inc();
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(
+            text.contains(
+                "modelgate_requests_total{client=\"alice\",route=\"r\",status=\"200\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("modelgate_in_flight_requests 1"), "{text}");
+    }
+}
