@@ -89,7 +89,7 @@ impl ClientError {
 
     pub fn no_healthy_upstream() -> Self {
         Self::new(
-            503,
+            502,
             "upstream_error",
             Some("no_healthy_upstream"),
             "No healthy model server is available for this route.",

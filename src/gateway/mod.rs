@@ -98,11 +98,14 @@ async fn write_error(session: &mut Session, ctx: &RequestCtx, err: &ClientError)
     session.write_response_body(Some(body), true).await
 }
 
+/// Raised by `upstream_peer` when a pool has no healthy host.
+const NO_HEALTHY_HOST: ErrorType = ErrorType::Custom("no_healthy_host");
+
 /// The client error for a proxy failure; `None` when the client is gone.
 fn client_error_for(e: &Error) -> Option<ClientError> {
     use ErrorType::*;
     Some(match e.etype() {
-        HTTPStatus(503) => ClientError::no_healthy_upstream(),
+        t if *t == NO_HEALTHY_HOST => ClientError::no_healthy_upstream(),
         HTTPStatus(504) => ClientError::gateway_timeout(),
         HTTPStatus(code) if *code >= 500 => ClientError::bad_gateway(),
         HTTPStatus(code) => {
@@ -127,7 +130,7 @@ fn upstream_error_kind(e: &Error) -> &'static str {
     match e.etype() {
         ConnectTimedout | ReadTimedout | WriteTimedout => "timeout",
         ConnectRefused | ConnectNoRoute | ConnectError | BindError | SocketError => "connect",
-        HTTPStatus(503) => "no_healthy_host",
+        t if *t == NO_HEALTHY_HOST => "no_healthy_host",
         _ => "io",
     }
 }
@@ -190,11 +193,15 @@ impl ProxyHttp for Gateway {
                 ctx.tried.push(backend);
                 Ok(Box::new(peer))
             }
-            // Nothing healthy at all → 503; every healthy host already failed → 502.
-            None if ctx.tried.is_empty() => Error::e_explain(
-                ErrorType::HTTPStatus(503),
-                format!("pool {}: no healthy host", pool.name),
-            ),
+            // Both answer 502, as nginx does for "no live upstreams".
+            None if ctx.tried.is_empty() => {
+                let mut e = Error::explain(
+                    NO_HEALTHY_HOST,
+                    format!("pool {}: no healthy host", pool.name),
+                );
+                e.esource = ErrorSource::Upstream;
+                Err(e)
+            }
             None => Error::e_explain(
                 ErrorType::HTTPStatus(502),
                 format!("pool {}: every healthy host failed", pool.name),
@@ -314,7 +321,7 @@ impl ProxyHttp for Gateway {
                 can_reuse_downstream: false,
             };
         };
-        if e.etype() == &ErrorType::HTTPStatus(503) {
+        if e.etype() == &NO_HEALTHY_HOST {
             if let Some(pool) = self.pool_of(ctx) {
                 self.metrics
                     .upstream_errors
@@ -369,8 +376,9 @@ mod tests {
         let mut t = *Error::explain(ErrorType::ReadTimedout, "slow");
         t.esource = ErrorSource::Upstream;
         assert_eq!(client_error_for(&t).unwrap().status, 504);
-        let s = Error::explain(ErrorType::HTTPStatus(503), "none");
-        assert_eq!(client_error_for(&s).unwrap().status, 503);
+        let s = Error::explain(NO_HEALTHY_HOST, "none");
+        let ce = client_error_for(&s).unwrap();
+        assert_eq!((ce.status, ce.code), (502, Some("no_healthy_upstream")));
         let mut gone = *Error::explain(ErrorType::ConnectionClosed, "bye");
         gone.esource = ErrorSource::Downstream;
         assert!(client_error_for(&gone).is_none());

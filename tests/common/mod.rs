@@ -1,0 +1,220 @@
+//! Shared harness for integration tests: starts the real `modelgate` binary
+//! and real upstream processes on ephemeral loopback ports, and kills them
+//! when the handle drops.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_modelgate");
+
+/// A child process killed on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// The demo model as a separate upstream process.
+pub struct Upstream {
+    pub addr: String,
+    pub name: String,
+    proc: Option<Proc>,
+}
+
+impl Upstream {
+    pub fn start(name: &str) -> Upstream {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(BIN)
+            .args(["demo-model", "--listen", &addr, "--name", name])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let up = Upstream {
+            addr,
+            name: name.into(),
+            proc: Some(Proc(child)),
+        };
+        let url = format!("http://{}/health", up.addr);
+        wait_until("demo model", Duration::from_secs(10), || {
+            http().get(&url).send().is_ok_and(|r| r.status() == 200)
+        });
+        up
+    }
+
+    /// Kills the upstream process (a host going down).
+    pub fn kill(&mut self) {
+        self.proc.take();
+    }
+
+    /// Requests the upstream received, as its `/__requests` log reports them.
+    pub fn seen(&self) -> Vec<serde_json::Value> {
+        http()
+            .get(format!("http://{}/__requests", self.addr))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    }
+}
+
+/// A running gateway.
+pub struct Gateway {
+    pub addr: String,
+    pub admin: String,
+    pub log: PathBuf,
+    pub dir: tempfile::TempDir,
+    proc: Proc,
+}
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// Client keys known to `clients_yaml()`.
+pub const ALICE_KEY: &str = "alice-key-0001";
+pub const BOB_KEY: &str = "bob-key-0002";
+
+pub fn clients_yaml() -> String {
+    format!(
+        "clients:\n  - {{name: alice, key_sha256: \"{}\", groups: [analysts]}}\n  - {{name: bob, key_sha256: \"{}\"}}\n",
+        modelgate::identity::sha256_hex(ALICE_KEY),
+        modelgate::identity::sha256_hex(BOB_KEY)
+    )
+}
+
+impl Gateway {
+    /// Writes `body` (upstreams, routes, limits...) plus listeners and clients
+    /// to a config file and starts `modelgate -c` on it. Waits for `/healthz`,
+    /// and for `/readyz` when `wait_ready`.
+    pub fn start(body: &str, env: &[(&str, &str)], wait_ready: bool) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let admin = format!("127.0.0.1:{}", free_port());
+        let config = format!(
+            "server:\n  threads: 2\n  pid_file: {d}/modelgate.pid\n  upgrade_sock: {d}/upgrade.sock\nlisten: [\"{addr}\"]\nadmin: {{listen: \"{admin}\", token: \"{ADMIN_TOKEN}\"}}\n{clients}{body}",
+            d = dir.path().display(),
+            clients = clients_yaml(),
+        );
+        let conf_path = dir.path().join("modelgate.yaml");
+        std::fs::write(&conf_path, config).unwrap();
+        let log = dir.path().join("gateway.log");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("-c")
+            .arg(&conf_path)
+            .env("RUST_LOG", "debug")
+            .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let proc = Proc(cmd.spawn().unwrap());
+        let gw = Gateway {
+            addr,
+            admin,
+            log,
+            dir,
+            proc,
+        };
+        let health = format!("http://{}/healthz", gw.admin);
+        wait_until("gateway /healthz", Duration::from_secs(15), || {
+            http().get(&health).send().is_ok_and(|r| r.status() == 200)
+        });
+        if wait_ready {
+            gw.wait_ready();
+        }
+        gw
+    }
+
+    pub fn wait_ready(&self) {
+        let ready = format!("http://{}/readyz", self.admin);
+        wait_until("gateway /readyz", Duration::from_secs(15), || {
+            http().get(&ready).send().is_ok_and(|r| r.status() == 200)
+        });
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn metrics(&self) -> String {
+        http()
+            .get(self.admin_url("/metrics"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.proc.0.try_wait().unwrap().is_none()
+    }
+}
+
+/// A chat request body.
+pub fn chat(model: &str, stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": model,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "How do I reach support?"}]
+    })
+}
+
+/// Sends raw bytes and returns everything the server answers until it closes
+/// or `timeout` passes.
+pub fn raw_exchange(
+    addr: &str,
+    request: &[u8],
+    pause_after: Option<Duration>,
+    timeout: Duration,
+) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(timeout)).unwrap();
+    s.write_all(request).unwrap();
+    if let Some(p) = pause_after {
+        std::thread::sleep(p);
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
