@@ -37,7 +37,7 @@ impl ConfigError {
 /// Reads, expands, parses and validates a configuration file.
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        .map_err(|e| ConfigError(format!("cannot read the file ({e})")))?;
     load_str(&text, &|name| std::env::var(name).ok())
 }
 
@@ -176,5 +176,18 @@ policies:
             "{e}"
         );
         assert!(e.contains("threads"), "{e}");
+    }
+
+    #[test]
+    fn shipped_config_files_are_valid() {
+        let any = |name: &str| (name == "MODELGATE_ADMIN_TOKEN").then(|| "t".to_string());
+        for text in [
+            include_str!("../../conf/modelgate.yaml"),
+            include_str!("../../conf/demo.yaml"),
+        ] {
+            let c = load_str(text, &any).unwrap();
+            crate::gateway::Gateway::build(&c, std::sync::Arc::new(crate::metrics::Metrics::new()))
+                .unwrap();
+        }
     }
 }
