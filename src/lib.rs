@@ -10,5 +10,6 @@ pub mod demo;
 pub mod errors;
 pub mod gateway;
 pub mod identity;
+pub mod mask;
 pub mod metrics;
 pub mod routing;

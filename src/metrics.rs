@@ -5,7 +5,7 @@
 //! `status` an HTTP status code.
 
 use prometheus::{
-    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -23,6 +23,10 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// 1 if the last health check of a host passed.
     pub upstream_host_healthy: IntGaugeVec,
+    /// Values masked, by entity and direction (`request` / `response`).
+    pub masked: IntCounterVec,
+    /// Times a stream's holdback bound forced held text out early.
+    pub mask_holdback_overflows: IntCounter,
 }
 
 impl Metrics {
@@ -68,6 +72,16 @@ impl Metrics {
             &["upstream", "host"],
         )
         .unwrap();
+        let masked = IntCounterVec::new(
+            Opts::new("masked_total", "Values masked, by entity and direction"),
+            &["entity", "direction"],
+        )
+        .unwrap();
+        let mask_holdback_overflows = IntCounter::new(
+            "mask_holdback_overflows_total",
+            "Times the masking holdback bound forced held text out early",
+        )
+        .unwrap();
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -75,6 +89,8 @@ impl Metrics {
             Box::new(upstream_errors.clone()),
             Box::new(in_flight.clone()),
             Box::new(upstream_host_healthy.clone()),
+            Box::new(masked.clone()),
+            Box::new(mask_holdback_overflows.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -86,6 +102,8 @@ impl Metrics {
             upstream_errors,
             in_flight,
             upstream_host_healthy,
+            masked,
+            mask_holdback_overflows,
         }
     }
 

@@ -39,6 +39,43 @@ pub struct Config {
     /// Named policies that routes refer to. `default: {}` is implied when absent.
     #[serde(default)]
     pub policies: BTreeMap<String, PolicyConfig>,
+    /// Detector settings shared by all policies (custom entities, hash key, bounds).
+    #[serde(default)]
+    pub masking: MaskingConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaskingConfig {
+    /// Key of the `hash` replacement style (keyed HMAC-SHA256). Required when
+    /// any policy uses `hash`.
+    pub hash_key: Option<Secret>,
+    /// Most text one stream may hold back while a match may still be in
+    /// progress. Default 16384 bytes (longer than any built-in entity).
+    pub max_holdback_bytes: usize,
+    /// Largest non-streaming JSON response buffered for masking; larger
+    /// responses are cut off rather than sent unmasked. Default 16 MiB.
+    pub max_json_body_bytes: usize,
+    /// Extra entities: a name (`[A-Z][A-Z0-9_]*`) and a regex.
+    pub custom: Vec<CustomEntity>,
+}
+
+impl Default for MaskingConfig {
+    fn default() -> Self {
+        MaskingConfig {
+            hash_key: None,
+            max_holdback_bytes: 16 * 1024,
+            max_json_body_bytes: 16 * 1024 * 1024,
+            custom: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomEntity {
+    pub name: String,
+    pub pattern: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -194,11 +231,48 @@ impl OneOrMany {
     }
 }
 
-/// What a route's calls may do. Later features (masking, rules, approval)
-/// extend this; today it has no settings, and unknown keys are rejected.
+/// What a route's calls may do. Later features (rules, approval) extend
+/// this; unknown keys are rejected.
 #[derive(Debug, Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
-pub struct PolicyConfig {}
+pub struct PolicyConfig {
+    /// PII masking of responses and prompts.
+    #[serde(default)]
+    pub mask: MaskPolicy,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaskPolicy {
+    /// Entities masked in responses: `all` (default: every built-in and
+    /// custom entity), `none`, or a list such as `[EMAIL, CREDIT_CARD]`.
+    pub response: EntitySet,
+    /// Entities masked in prompts before they reach the model. Default `none`.
+    pub request: EntitySet,
+    /// Replacement style: `label` (default), `partial` or `hash`.
+    pub style: crate::mask::replace::Style,
+    /// Per-entity style overrides, e.g. `{CREDIT_CARD: partial}`.
+    pub styles: BTreeMap<String, crate::mask::replace::Style>,
+}
+
+impl Default for MaskPolicy {
+    fn default() -> Self {
+        MaskPolicy {
+            response: EntitySet::Keyword("all".into()),
+            request: EntitySet::Keyword("none".into()),
+            style: Default::default(),
+            styles: BTreeMap::new(),
+        }
+    }
+}
+
+/// `all`, `none`, or a list of entity names.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum EntitySet {
+    Keyword(String),
+    List(Vec<String>),
+}
 
 /// A configuration string that must never be printed: `Debug` redacts it.
 #[derive(Deserialize, Clone, PartialEq, Eq)]

@@ -180,6 +180,7 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
             }
         }
     }
+    crate::mask::MaskEngine::build(c)?;
     Ok(())
 }
 

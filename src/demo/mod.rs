@@ -1,13 +1,30 @@
-//! The demo model: a small OpenAI-compatible mock model server.
+//! The demo model: a small mock model server speaking the wire formats modelgate
+//! proxies.
 //!
 //! It owns the mock upstream used by `modelgate demo`, the integration tests and the load
-//! tests: `/v1/chat/completions` and `/v1/completions` (real SSE streaming, one flushed
-//! chunk per event with a delay between events), `/v1/models`, `/health`, and a request
-//! log at `/__requests` that tests read to see what the upstream actually received.
-//! Test knobs are request headers: `x-demo-delay-ms`, `x-demo-events`, `x-demo-status`.
+//! tests. Endpoints, one module per wire format:
+//!
+//! | Endpoint | Module | Streams |
+//! |---|---|---|
+//! | `POST /v1/chat/completions`, `POST /v1/completions` | [`openai`] | SSE when `"stream": true` |
+//! | `POST /v1/messages` (Anthropic Messages) | [`anthropic`] | SSE with `event:` lines when `"stream": true` |
+//! | `POST /api/chat`, `POST /api/generate` (Ollama) | [`ollama`] | NDJSON unless `"stream": false` |
+//! | `POST /__raw` (exact bytes chosen by the test) | [`raw`] | always chunked |
+//!
+//! plus `GET /v1/models`, `GET /health`, and a request log at `/__requests` (`GET` reads
+//! it, `DELETE` clears it) that tests read to see what the upstream actually received,
+//! including the request body. Streams are real: one flushed write per event, with a
+//! delay between events. Test knobs are request headers: `x-demo-delay-ms` (delay between
+//! events, default 20), `x-demo-events` (answer with that many `"tok "` pieces instead of
+//! the canned answer), `x-demo-status` (answer with that error status instead).
 //!
 //! This is not a production model server: the answer is canned (and deliberately
 //! contains PII so redaction can be demonstrated), token counts are word counts.
+
+mod anthropic;
+mod ollama;
+mod openai;
+mod raw;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -33,6 +50,8 @@ const DEFAULT_MODEL: &str = "demo-model";
 const DEFAULT_DELAY_MS: u64 = 20;
 const LOG_CAPACITY: usize = 200;
 const MAX_BODY: usize = 16 << 20;
+/// Most request-body bytes kept per `/__requests` entry.
+const LOG_BODY_BYTES: usize = 64 << 10;
 /// Upper bound for `x-demo-events`, so a typo cannot make the server allocate gigabytes.
 const MAX_EVENTS: u64 = 100_000;
 /// Maximum characters per streamed piece, so PII such as an email spans several events.
@@ -43,6 +62,28 @@ pub struct DemoModel {
     name: String,
     requests: Mutex<VecDeque<Value>>,
     next_id: AtomicU64,
+}
+
+/// The model endpoints (everything that answers with generated text).
+#[derive(Clone, Copy)]
+enum Endpoint {
+    OpenAiChat,
+    OpenAiCompletions,
+    AnthropicMessages,
+    OllamaChat,
+    OllamaGenerate,
+    Raw,
+}
+
+/// How an endpoint answers: one JSON body, or a stream of events.
+enum Reply {
+    Json(Value),
+    Stream {
+        content_type: &'static str,
+        events: Vec<Bytes>,
+        /// Written right after the last event, without a delay (OpenAI's `[DONE]`).
+        tail: &'static [u8],
+    },
 }
 
 impl DemoModel {
@@ -79,11 +120,38 @@ impl DemoModel {
             && s.write_response_body(body, true).await.is_ok()
     }
 
+    /// Write `header`, then each event as its own flushed body write with `delay`
+    /// between events, then `tail`, and end the body. Returns false if the client
+    /// went away.
+    async fn send_events(
+        &self,
+        s: &mut ServerSession,
+        header: ResponseHeader,
+        events: &[Bytes],
+        delay: Duration,
+        tail: &'static [u8],
+    ) -> bool {
+        if s.write_response_header(Box::new(header)).await.is_err() {
+            return false;
+        }
+        for (i, ev) in events.iter().enumerate() {
+            if i > 0 && delay > Duration::ZERO {
+                tokio::time::sleep(delay).await;
+            }
+            if s.write_response_body(ev.clone(), false).await.is_err() {
+                return false;
+            }
+        }
+        s.write_response_body(Bytes::from_static(tail), true)
+            .await
+            .is_ok()
+    }
+
     fn log(&self) -> MutexGuard<'_, VecDeque<Value>> {
         self.requests.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn record(&self, s: &ServerSession, body_len: usize, model: Option<&str>) {
+    fn record(&self, s: &ServerSession, body: &[u8], model: Option<&str>) {
         let req = s.req_header();
         let mut headers = serde_json::Map::new();
         for (name, value) in req.headers.iter() {
@@ -99,7 +167,8 @@ impl DemoModel {
             "method": req.method.as_str(),
             "path": req.uri.path(),
             "headers": headers,
-            "body_len": body_len,
+            "body_len": body.len(),
+            "body": log_body(body),
             "model": model,
         });
         let mut log = self.log();
@@ -107,44 +176,6 @@ impl DemoModel {
             log.pop_front();
         }
         log.push_back(entry);
-    }
-
-    /// Stream `pieces` as SSE events. Returns false if the client went away.
-    async fn stream(&self, s: &mut ServerSession, req: &Completion, pieces: &[String]) -> bool {
-        let h = self.header(200, "text/event-stream", None);
-        if s.write_response_header(Box::new(h)).await.is_err() {
-            return false;
-        }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let chunk = ChunkMaker::new(req.chat, id, &req.model, &self.name);
-        let mut events = Vec::with_capacity(pieces.len() + 4);
-        if req.chat {
-            events.push(chunk.piece(json!({"role": "assistant", "content": ""}), None));
-        }
-        for p in pieces {
-            let delta = if req.chat {
-                json!({"content": p})
-            } else {
-                json!(p)
-            };
-            events.push(chunk.piece(delta, None));
-        }
-        let end = if req.chat { json!({}) } else { json!("") };
-        events.push(chunk.piece(end, Some("stop")));
-        if req.include_usage {
-            events.push(chunk.usage(&req.usage(pieces)));
-        }
-        for (i, ev) in events.iter().enumerate() {
-            if i > 0 && req.delay > Duration::ZERO {
-                tokio::time::sleep(req.delay).await;
-            }
-            if s.write_response_body(sse_event(ev), false).await.is_err() {
-                return false;
-            }
-        }
-        s.write_response_body(Bytes::from_static(b"data: [DONE]\n\n"), true)
-            .await
-            .is_ok()
     }
 
     /// Handle one request whose header and body have been read. Returns false if the
@@ -176,7 +207,7 @@ impl DemoModel {
             (_, "/health") => {}
             _ => {
                 let model = parsed.as_ref().and_then(|v| v.get("model")?.as_str());
-                self.record(s, body.len(), model);
+                self.record(s, body, model);
             }
         }
         if let Some(code) = forced_status {
@@ -185,7 +216,7 @@ impl DemoModel {
                 .send_json(s, code as u16, &error_body(code as u16, &msg))
                 .await;
         }
-        let chat = match (method.as_str(), path.as_str()) {
+        let endpoint = match (method.as_str(), path.as_str()) {
             ("GET", "/health") => return self.send_json(s, 200, &json!({"status": "ok"})).await,
             ("GET", "/v1/models") => {
                 let data: Vec<Value> = MODELS
@@ -195,8 +226,12 @@ impl DemoModel {
                 let list = json!({"object": "list", "data": data});
                 return self.send_json(s, 200, &list).await;
             }
-            ("POST", "/v1/chat/completions") => true,
-            ("POST", "/v1/completions") => false,
+            ("POST", "/v1/chat/completions") => Endpoint::OpenAiChat,
+            ("POST", "/v1/completions") => Endpoint::OpenAiCompletions,
+            ("POST", "/v1/messages") => Endpoint::AnthropicMessages,
+            ("POST", "/api/chat") => Endpoint::OllamaChat,
+            ("POST", "/api/generate") => Endpoint::OllamaGenerate,
+            ("POST", "/__raw") => Endpoint::Raw,
             _ => {
                 let msg = format!("Unknown request URL: {method} {path}");
                 return self.send_json(s, 404, &error_body(404, &msg)).await;
@@ -206,17 +241,40 @@ impl DemoModel {
             let msg = "We could not parse the JSON body of your request.";
             return self.send_json(s, 400, &error_body(400, msg)).await;
         };
-        let req = Completion::from_body(&json_body, chat, delay);
-        let answer = match events {
+        let pieces = match events {
             Some(n) => vec!["tok ".to_string(); n as usize],
             None => split_answer(ANSWER),
         };
-        if req.stream {
-            return self.stream(s, &req, &answer).await;
-        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let resp = req.full_response(id, &self.name, &answer.concat(), &req.usage(&answer));
-        self.send_json(s, 200, &resp).await
+        let reply = match endpoint {
+            Endpoint::OpenAiChat | Endpoint::OpenAiCompletions => {
+                let chat = matches!(endpoint, Endpoint::OpenAiChat);
+                openai::reply(&json_body, chat, id, &self.name, &pieces)
+            }
+            Endpoint::AnthropicMessages => anthropic::reply(&json_body, id, &pieces),
+            Endpoint::OllamaChat => ollama::reply(&json_body, true, &pieces),
+            Endpoint::OllamaGenerate => ollama::reply(&json_body, false, &pieces),
+            Endpoint::Raw => {
+                return match raw::RawReply::from_body(&json_body, delay) {
+                    Ok(r) => {
+                        let h = r.header(&self.name);
+                        self.send_events(s, h, &r.chunks, r.delay, b"").await
+                    }
+                    Err(msg) => self.send_json(s, 400, &error_body(400, &msg)).await,
+                };
+            }
+        };
+        match reply {
+            Reply::Json(v) => self.send_json(s, 200, &v).await,
+            Reply::Stream {
+                content_type,
+                events,
+                tail,
+            } => {
+                let h = self.header(200, content_type, None);
+                self.send_events(s, h, &events, delay, tail).await
+            }
+        }
     }
 }
 
@@ -267,117 +325,34 @@ pub fn demo_service(name: &str, listen: &str) -> Service<DemoModel> {
     service
 }
 
-/// The parts of a (chat) completion request the demo model looks at.
-struct Completion {
-    chat: bool,
-    model: String,
-    stream: bool,
-    include_usage: bool,
-    prompt_tokens: usize,
-    delay: Duration,
+/// The request body as logged: text (lossy UTF-8), at most [`LOG_BODY_BYTES`] bytes,
+/// cut at a character boundary.
+fn log_body(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut end = text.len().min(LOG_BODY_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
 }
 
-impl Completion {
-    fn from_body(body: &Value, chat: bool, delay: Duration) -> Self {
-        let prompt = if chat {
-            let messages = body.get("messages").and_then(Value::as_array);
-            let contents = messages
-                .into_iter()
-                .flatten()
-                .filter_map(|m| m.get("content"));
-            contents.map(text_of).collect::<Vec<_>>().join(" ")
-        } else {
-            body.get("prompt").map(text_of).unwrap_or_default()
-        };
-        Completion {
-            chat,
-            model: (body.get("model").and_then(Value::as_str))
-                .unwrap_or(DEFAULT_MODEL)
-                .to_string(),
-            stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
-            include_usage: body
-                .pointer("/stream_options/include_usage")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            prompt_tokens: count_tokens(&prompt),
-            delay,
-        }
-    }
-
-    fn usage(&self, pieces: &[String]) -> Value {
-        usage_json(self.prompt_tokens, count_tokens(&pieces.concat()))
-    }
-
-    fn full_response(&self, id: u64, name: &str, text: &str, usage: &Value) -> Value {
-        let (object, choice) = if self.chat {
-            let message = json!({"role": "assistant", "content": text});
-            let choice = json!({"index": 0, "message": message, "finish_reason": "stop"});
-            ("chat.completion", choice)
-        } else {
-            let choice =
-                json!({"index": 0, "text": text, "logprobs": null, "finish_reason": "stop"});
-            ("text_completion", choice)
-        };
-        json!({
-            "id": format!("{}-{id}", id_prefix(self.chat)),
-            "object": object,
-            "created": unix_now(),
-            "model": self.model,
-            "system_fingerprint": name,
-            "choices": [choice],
-            "usage": usage,
-        })
-    }
+/// `model` of a request body, or the default model.
+fn model_of(body: &Value) -> String {
+    body.get("model")
+        .and_then(Value::as_str)
+        .unwrap_or(DEFAULT_MODEL)
+        .to_string()
 }
 
-/// Builds the streamed chunk objects of one response (same id/created/model throughout).
-struct ChunkMaker {
-    chat: bool,
-    base: Value,
-}
-
-impl ChunkMaker {
-    fn new(chat: bool, id: u64, model: &str, name: &str) -> Self {
-        let object = if chat {
-            "chat.completion.chunk"
-        } else {
-            "text_completion"
-        };
-        let base = json!({
-            "id": format!("{}-{id}", id_prefix(chat)),
-            "object": object,
-            "created": unix_now(),
-            "model": model,
-            "system_fingerprint": name,
-        });
-        ChunkMaker { chat, base }
-    }
-
-    /// A chunk with one choice; `delta` is the chat delta object or the completion text.
-    fn piece(&self, delta: Value, finish_reason: Option<&str>) -> Value {
-        let mut v = self.base.clone();
-        v["choices"] = if self.chat {
-            json!([{"index": 0, "delta": delta, "finish_reason": finish_reason}])
-        } else {
-            json!([{"index": 0, "text": delta, "logprobs": null, "finish_reason": finish_reason}])
-        };
-        v
-    }
-
-    fn usage(&self, usage: &Value) -> Value {
-        let mut v = self.base.clone();
-        v["choices"] = json!([]);
-        v["usage"] = usage.clone();
-        v
-    }
-}
-
-fn id_prefix(chat: bool) -> &'static str {
-    if chat {
-        "chatcmpl-demo"
-    } else {
-        "cmpl-demo"
-    }
+/// Word count of the text of every message's `content` (plus `system`, if any).
+fn prompt_tokens(body: &Value) -> usize {
+    let messages = body.get("messages").and_then(Value::as_array);
+    let contents = messages
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.get("content"));
+    let system = body.get("system").map(text_of).unwrap_or_default();
+    count_tokens(&system) + contents.map(|c| count_tokens(&text_of(c))).sum::<usize>()
 }
 
 fn unix_now() -> u64 {
@@ -422,19 +397,6 @@ fn count_tokens(text: &str) -> usize {
     text.split_whitespace().count()
 }
 
-fn usage_json(prompt: usize, completion: usize) -> Value {
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    })
-}
-
-/// One SSE event carrying `v` as JSON.
-fn sse_event(v: &Value) -> Bytes {
-    Bytes::from(format!("data: {v}\n\n"))
-}
-
 /// An OpenAI-shaped error body.
 fn error_body(status: u16, message: &str) -> Value {
     let kind = match status {
@@ -465,40 +427,28 @@ mod tests {
     }
 
     #[test]
-    fn sse_events_are_json_per_data_line() {
-        let body =
-            json!({"model": "qwen-demo", "messages": [{"role": "user", "content": "hi there"}]});
-        let req = Completion::from_body(&body, true, Duration::ZERO);
-        let maker = ChunkMaker::new(true, 7, &req.model, "up-a");
-        for p in split_answer(ANSWER) {
-            let ev = sse_event(&maker.piece(json!({ "content": p }), None));
-            let text = std::str::from_utf8(&ev).unwrap();
-            assert!(text.starts_with("data: ") && text.ends_with("\n\n"));
-            assert_eq!(text.matches('\n').count(), 2, "one line per event");
-            let v: Value = serde_json::from_str(&text[6..text.len() - 2]).unwrap();
-            assert_eq!(v["object"], "chat.completion.chunk");
-            assert_eq!(v["model"], "qwen-demo");
-            assert_eq!(v["system_fingerprint"], "up-a");
-            assert_eq!(v["choices"][0]["delta"]["content"], p.as_str());
-        }
-        let legacy = ChunkMaker::new(false, 1, "demo-model", "x").piece(json!("ab"), Some("stop"));
-        assert_eq!(legacy["choices"][0]["text"], "ab");
-        assert_eq!(legacy["choices"][0]["finish_reason"], "stop");
+    fn prompt_tokens_count_messages_and_system() {
+        assert_eq!(count_tokens("  one two\tthree\n"), 3);
+        let body = json!({
+            "system": [{"type": "text", "text": "be brief"}],
+            "messages": [{"content": "a b"}, {"content": [{"type": "text", "text": "c d e"}]}]
+        });
+        assert_eq!(prompt_tokens(&body), 7);
+        assert_eq!(prompt_tokens(&json!({})), 0);
+        assert_eq!(model_of(&json!({})), DEFAULT_MODEL);
+        assert_eq!(model_of(&json!({"model": "m"})), "m");
     }
 
     #[test]
-    fn usage_counts_words() {
-        assert_eq!(count_tokens("  one two\tthree\n"), 3);
-        let body = json!({"messages": [{"content": "a b"}, {"content": [{"type": "text", "text": "c d e"}]}]});
-        let req = Completion::from_body(&body, true, Duration::ZERO);
-        assert_eq!(req.model, DEFAULT_MODEL);
-        let u = req.usage(&vec!["tok ".to_string(); 5]);
-        assert_eq!(
-            u,
-            json!({"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10})
-        );
-        let legacy = Completion::from_body(&json!({"prompt": "x y"}), false, Duration::ZERO);
-        assert_eq!(legacy.prompt_tokens, 2);
+    fn logged_body_is_text_cut_at_a_char_boundary() {
+        assert_eq!(log_body(br#"{"a":"b"}"#), r#"{"a":"b"}"#);
+        let long = "é".repeat(LOG_BODY_BYTES); // 2 bytes each
+        let logged = log_body(long.as_bytes());
+        assert_eq!(logged.len(), LOG_BODY_BYTES);
+        let odd = format!("x{long}");
+        let logged = log_body(odd.as_bytes());
+        assert_eq!(logged.len(), LOG_BODY_BYTES - 1, "never splits a character");
+        assert_eq!(log_body(b"\xff ok"), "\u{fffd} ok");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Per-request state carried across Pingora's hooks.
 
 use crate::identity::Client;
+use crate::mask::codec::ResponseMasker;
+use crate::mask::PolicyMasking;
 use bytes::Bytes;
 use pingora_load_balancing::Backend;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +28,13 @@ pub struct RequestCtx {
     pub tried: Vec<Backend>,
     /// When the upstream response header arrived.
     pub response_started: Option<Instant>,
+    /// The route's policy masking rules.
+    pub masking: PolicyMasking,
+    /// Masks this response's body, when its type is masked.
+    pub masker: Option<ResponseMasker>,
+    /// Per-entity counts of values masked in the request (indexed like the
+    /// request rules' detector names).
+    pub request_mask_counts: Vec<u32>,
 }
 
 impl RequestCtx {
@@ -41,6 +50,9 @@ impl RequestCtx {
             has_body: false,
             tried: Vec::new(),
             response_started: None,
+            masking: PolicyMasking::default(),
+            masker: None,
+            request_mask_counts: Vec::new(),
         }
     }
 

@@ -1,7 +1,7 @@
 //! The Pingora `ProxyHttp` implementation: wiring only. Each hook hands its
 //! concern to the module that owns it: identity (who), intake (body, model),
-//! routing (route, pool, host), credentials (header swap), errors (what the
-//! client sees), metrics. Logic longer than a screen belongs in those modules.
+//! routing (route, pool, host), credentials (header swap), mask (prompts and
+//! streamed responses), errors (what the client sees), metrics. Logic longer than a screen belongs in those modules.
 
 mod context;
 pub mod intake;
@@ -11,6 +11,8 @@ pub use context::RequestCtx;
 use crate::config::{Config, ConfigError};
 use crate::errors::ClientError;
 use crate::identity::ClientRegistry;
+use crate::mask::codec::ResponseMasker;
+use crate::mask::MaskEngine;
 use crate::metrics::Metrics;
 use crate::routing::pool::HealthService;
 use crate::routing::{Router, UpstreamPool};
@@ -31,6 +33,7 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     max_body: usize,
     body_timeout: Duration,
+    masks: MaskEngine,
 }
 
 impl Gateway {
@@ -48,7 +51,9 @@ impl Gateway {
         }
         let names: Vec<String> = pools.iter().map(|p| p.name.clone()).collect();
         let router = Router::new(config, &names)?;
+        let masks = MaskEngine::build(config)?;
         let gateway = Gateway {
+            masks,
             clients: ClientRegistry::new(&config.clients),
             router,
             pools: Arc::new(pools),
@@ -62,6 +67,42 @@ impl Gateway {
     /// The pools, shared with the admin service for `/readyz`.
     pub fn pools(&self) -> Arc<Vec<UpstreamPool>> {
         self.pools.clone()
+    }
+
+    fn record_mask_counts(&self, ctx: &RequestCtx) {
+        let sides = [
+            (
+                "request",
+                ctx.masking.request.as_ref(),
+                Some(&ctx.request_mask_counts[..]),
+            ),
+            (
+                "response",
+                ctx.masking.response.as_ref(),
+                ctx.masker.as_ref().map(|m| &m.counts[..]),
+            ),
+        ];
+        for (direction, rules, counts) in sides {
+            let (Some(rules), Some(counts)) = (rules, counts) else {
+                continue;
+            };
+            for (name, n) in rules.detector.names().iter().zip(counts) {
+                if *n > 0 {
+                    self.metrics
+                        .masked
+                        .with_label_values(&[name.as_str(), direction])
+                        .inc_by(*n as u64);
+                }
+            }
+        }
+        if let Some(m) = &ctx.masker {
+            let overflows = m.overflows();
+            if overflows > 0 {
+                self.metrics
+                    .mask_holdback_overflows
+                    .inc_by(overflows as u64);
+            }
+        }
     }
 
     fn pool_of(&self, ctx: &RequestCtx) -> Option<&UpstreamPool> {
@@ -176,6 +217,18 @@ impl ProxyHttp for Gateway {
                 return self.reject(session, ctx, err).await;
             }
         }
+        let route = self.router.get(ctx.route.expect("just set"));
+        ctx.masking = self.masks.policy(&route.policy);
+        if let Some(rules) = &ctx.masking.request {
+            if !ctx.body.is_empty() && intake::is_json(session.req_header()) {
+                let mut counts = vec![0; rules.entity_count()];
+                if let Some(masked) = crate::mask::mask_request_json(&ctx.body, rules, &mut counts)
+                {
+                    ctx.body = Bytes::from(masked);
+                }
+                ctx.request_mask_counts = counts;
+            }
+        }
         Ok(false)
     }
 
@@ -250,7 +303,7 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -263,7 +316,57 @@ impl ProxyHttp for Gateway {
                 .observe(now.duration_since(ctx.started).as_secs_f64());
         }
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(rules) = &ctx.masking.response {
+            let encoded = resp
+                .headers
+                .get(http::header::CONTENT_ENCODING)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
+            let content_type = resp
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            ctx.masker = ResponseMasker::for_content_type(
+                content_type,
+                rules.clone(),
+                self.masks.max_json_body,
+            );
+            if ctx.masker.is_some() {
+                if encoded {
+                    // A compressed body cannot be masked; never pass it through unmasked.
+                    return Error::e_explain(
+                        ErrorType::HTTPStatus(502),
+                        "upstream sent a compressed body despite Accept-Encoding: identity",
+                    );
+                }
+                resp.remove_header(&http::header::CONTENT_LENGTH);
+                if !session.as_downstream().is_http2() {
+                    resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+                }
+            }
+        }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        let Some(masker) = ctx.masker.as_mut() else {
+            return Ok(None);
+        };
+        let chunk = body.take().unwrap_or_default();
+        let mut out = Vec::with_capacity(chunk.len() + 64);
+        if let Err(e) = masker.feed(&chunk, end_of_stream, &mut out) {
+            // Abort rather than send text that could not be masked.
+            return Error::e_explain(ErrorType::InternalError, e.to_string());
+        }
+        *body = (!out.is_empty()).then(|| Bytes::from(out));
+        Ok(None)
     }
 
     fn fail_to_connect(
@@ -356,6 +459,7 @@ impl ProxyHttp for Gateway {
             .duration
             .with_label_values(&[route])
             .observe(ctx.started.elapsed().as_secs_f64());
+        self.record_mask_counts(ctx);
     }
 }
 

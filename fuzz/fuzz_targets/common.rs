@@ -1,0 +1,18 @@
+// Shared by the fuzz targets: the masking rules, compiled once.
+use modelgate::mask::detect::{Detector, BUILTIN};
+use modelgate::mask::replace::{Replacer, Style};
+use modelgate::mask::stream::MaskRules;
+use std::sync::{Arc, OnceLock};
+
+pub fn rules() -> Arc<MaskRules> {
+    static RULES: OnceLock<Arc<MaskRules>> = OnceLock::new();
+    RULES
+        .get_or_init(|| {
+            let custom = vec![("EMPLOYEE_ID".to_string(), "EMP-[0-9]{6}".to_string())];
+            let detector = Arc::new(Detector::new(&BUILTIN, &custom).unwrap());
+            let names = detector.names().to_vec();
+            let styles = vec![Style::Partial; names.len()];
+            Arc::new(MaskRules { replacer: Replacer::new(names, styles, None), detector, max_holdback: 4096 })
+        })
+        .clone()
+}

@@ -1,0 +1,270 @@
+//! OpenAI chat-completions and completions objects, streamed (`delta`) or
+//! whole (`message`): every text field a client reads goes through a stream
+//! (`content`, `reasoning_content`, `reasoning`, `refusal`, tool-call
+//! `arguments`, completions `text`, logprob tokens); other strings are masked
+//! as whole values. A choice's streams are flushed into the event that
+//! carries its `finish_reason`.
+
+use super::fields::*;
+use crate::mask::stream::MaskRules;
+use serde_json::{Map, Value};
+
+const TEXT_FIELDS: [(&str, Field); 4] = [
+    ("content", Field::Content),
+    ("reasoning_content", Field::ReasoningContent),
+    ("reasoning", Field::Reasoning),
+    ("refusal", Field::Refusal),
+];
+
+/// Field names handled by streams (skipped by the whole-value pass).
+fn streamed(k: &str) -> bool {
+    matches!(
+        k,
+        "content"
+            | "reasoning_content"
+            | "reasoning"
+            | "refusal"
+            | "arguments"
+            | "text"
+            | "token"
+            | "tokens"
+            | "bytes"
+            | "top_logprobs"
+    )
+}
+
+/// Sub-stream ids for logprob token streams.
+const LP_CONTENT: u64 = 0;
+const LP_REFUSAL: u64 = 1;
+const LP_LEGACY: u64 = 2;
+
+/// Masks one OpenAI object (a stream chunk or a whole response). With
+/// `whole`, every stream is flushed at the end of its choice.
+pub fn process(
+    obj: &mut Map<String, Value>,
+    streams: &mut Streams,
+    rules: &MaskRules,
+    counts: &mut [u32],
+    whole: bool,
+) {
+    if let Some(Value::Array(choices)) = obj.get_mut("choices") {
+        for (pos, choice) in choices.iter_mut().enumerate() {
+            if let Value::Object(choice) = choice {
+                process_choice(choice, pos as u64, streams, rules, counts, whole);
+            }
+        }
+    }
+    for (k, v) in obj.iter_mut() {
+        if k != "choices" && !STRUCTURAL.contains(&k.as_str()) {
+            mask_leaves(v, rules, counts, &|_| false);
+        }
+    }
+}
+
+fn process_choice(
+    choice: &mut Map<String, Value>,
+    pos: u64,
+    streams: &mut Streams,
+    rules: &MaskRules,
+    counts: &mut [u32],
+    whole: bool,
+) {
+    let idx = choice.get("index").and_then(Value::as_u64).unwrap_or(pos);
+    let container = if choice.contains_key("message") {
+        "message"
+    } else {
+        "delta"
+    };
+    if let Some(Value::Object(c)) = choice.get_mut(container) {
+        for (name, field) in TEXT_FIELDS {
+            if let Some(Value::String(s)) = c.get_mut(name) {
+                *s = streams.push(StreamKey::new(idx, field), s, rules, counts);
+            }
+        }
+        if let Some(Value::Array(calls)) = c.get_mut("tool_calls") {
+            for (tpos, call) in calls.iter_mut().enumerate() {
+                let tidx = call
+                    .get("index")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(tpos as u64);
+                if let Some(Value::String(a)) = call.pointer_mut("/function/arguments") {
+                    let key = StreamKey {
+                        choice: idx,
+                        field: Field::ToolArguments,
+                        sub: tidx,
+                    };
+                    *a = streams.push(key, a, rules, counts);
+                }
+            }
+        }
+        mask_leaves_except_streamed(c, rules, counts);
+    }
+    if let Some(Value::String(t)) = choice.get_mut("text") {
+        *t = streams.push(StreamKey::new(idx, Field::Text), t, rules, counts);
+    }
+    if let Some(Value::Object(lp)) = choice.get_mut("logprobs") {
+        for (name, sub) in [("content", LP_CONTENT), ("refusal", LP_REFUSAL)] {
+            if let Some(Value::Array(entries)) = lp.get_mut(name) {
+                let key = StreamKey {
+                    choice: idx,
+                    field: Field::Tokens,
+                    sub,
+                };
+                mask_logprob_entries(entries, streams, key, rules, counts);
+            }
+        }
+        if let Some(Value::Array(tokens)) = lp.get_mut("tokens") {
+            let key = StreamKey {
+                choice: idx,
+                field: Field::Tokens,
+                sub: LP_LEGACY,
+            };
+            for t in tokens.iter_mut() {
+                if let Value::String(s) = t {
+                    *s = streams.push(key, s, rules, counts);
+                }
+            }
+        }
+        if let Some(Value::Array(tops)) = lp.get_mut("top_logprobs") {
+            for top in tops.iter_mut() {
+                if let Value::Object(m) = top {
+                    let masked: Map<String, Value> = std::mem::take(m)
+                        .into_iter()
+                        .map(|(k, v)| (rules.mask_all(&k, counts), v))
+                        .collect();
+                    *m = masked;
+                }
+            }
+        }
+    }
+    for (k, v) in choice.iter_mut() {
+        if !matches!(
+            k.as_str(),
+            "message" | "delta" | "logprobs" | "text" | "index"
+        ) && !STRUCTURAL.contains(&k.as_str())
+        {
+            mask_leaves(v, rules, counts, &|_| false);
+        }
+    }
+    let finished = choice.get("finish_reason").is_some_and(|f| !f.is_null());
+    if whole || finished {
+        for (key, text) in streams.flush(rules, counts, |k| k.choice == idx) {
+            put_flushed(choice, container, key, text);
+        }
+    }
+}
+
+fn mask_leaves_except_streamed(c: &mut Map<String, Value>, rules: &MaskRules, counts: &mut [u32]) {
+    for (k, v) in c.iter_mut() {
+        if k == "tool_calls" {
+            // Only `function.arguments` is streamed; names and ids are structure.
+            continue;
+        }
+        if !streamed(k) && !STRUCTURAL.contains(&k.as_str()) {
+            mask_leaves(v, rules, counts, &streamed);
+        }
+    }
+}
+
+/// Puts a stream's final text into `choice` (the finish event, or the whole response).
+fn put_flushed(choice: &mut Map<String, Value>, container: &str, key: StreamKey, text: String) {
+    let name = TEXT_FIELDS
+        .iter()
+        .find(|(_, f)| *f == key.field)
+        .map(|(n, _)| *n);
+    match key.field {
+        Field::Text => append_str(choice, "text", &text),
+        Field::Tokens => {
+            let lp = object_at(choice, "logprobs");
+            if key.sub == LP_LEGACY {
+                array_at(lp, "tokens").push(Value::String(text));
+                array_at(lp, "token_logprobs").push(Value::from(0.0));
+            } else {
+                let list = if key.sub == LP_REFUSAL {
+                    "refusal"
+                } else {
+                    "content"
+                };
+                array_at(lp, list).push(flushed_logprob_entry(text));
+            }
+        }
+        Field::ToolArguments => {
+            let calls = array_at(object_at(choice, container), "tool_calls");
+            let found = calls.iter_mut().enumerate().find(|(p, c)| {
+                c.get("index").and_then(Value::as_u64).unwrap_or(*p as u64) == key.sub
+            });
+            match found {
+                Some((_, call)) => {
+                    if let Value::Object(call) = call {
+                        append_str(object_at(call, "function"), "arguments", &text);
+                    }
+                }
+                None => calls
+                    .push(serde_json::json!({"index": key.sub, "function": {"arguments": text}})),
+            }
+        }
+        _ => {
+            if let Some(name) = name {
+                append_str(object_at(choice, container), name, &text);
+            }
+        }
+    }
+}
+
+/// `obj[key]` as an object, created (or replaced if not an object).
+pub fn object_at<'a>(obj: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<String, Value> {
+    let slot = obj
+        .entry(key.to_string())
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !slot.is_object() {
+        *slot = Value::Object(Map::new());
+    }
+    slot.as_object_mut().expect("just made an object")
+}
+
+fn array_at<'a>(obj: &'a mut Map<String, Value>, key: &str) -> &'a mut Vec<Value> {
+    let slot = obj
+        .entry(key.to_string())
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if !slot.is_array() {
+        *slot = Value::Array(Vec::new());
+    }
+    slot.as_array_mut().expect("just made an array")
+}
+
+/// Fields copied from the last chunk when an event must be synthesised.
+pub const ENVELOPE: [&str; 5] = ["id", "object", "created", "model", "system_fingerprint"];
+
+/// A chunk carrying streams' remaining text, for a stream that ended without
+/// a `finish_reason` (upstream closed early, or `[DONE]` came first).
+pub fn synthesize(
+    envelope: &Map<String, Value>,
+    leftovers: Vec<(StreamKey, String)>,
+) -> Map<String, Value> {
+    let mut obj = envelope.clone();
+    let mut choices: Vec<Map<String, Value>> = Vec::new();
+    for (key, text) in leftovers {
+        let pos = match choices
+            .iter()
+            .position(|c| c.get("index").and_then(Value::as_u64) == Some(key.choice))
+        {
+            Some(p) => p,
+            None => {
+                let mut c = Map::new();
+                c.insert("index".into(), Value::from(key.choice));
+                if key.field != Field::Text {
+                    c.insert("delta".into(), Value::Object(Map::new()));
+                }
+                c.insert("finish_reason".into(), Value::Null);
+                choices.push(c);
+                choices.len() - 1
+            }
+        };
+        put_flushed(&mut choices[pos], "delta", key, text);
+    }
+    obj.insert(
+        "choices".into(),
+        Value::Array(choices.into_iter().map(Value::Object).collect()),
+    );
+    obj
+}
