@@ -10,7 +10,7 @@ VENV   := .venv
 STAMP  := $(VENV)/.requirements-installed
 DEMO_ARGS ?=
 
-.PHONY: deps system-deps build demo test fmt clippy
+.PHONY: deps system-deps build demo test fmt clippy fuzz-smoke
 
 # Install missing Debian packages and the Python test venv (quick when done).
 deps: system-deps $(STAMP)
@@ -41,6 +41,16 @@ test: deps
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
+	$(MAKE) fuzz-smoke
+
+# A short run of each cargo-fuzz target (fuzz/). Stable Rust with
+# RUSTC_BOOTSTRAP=1 stands in for nightly's sanitizer flags.
+FUZZ_SECONDS ?= 20
+fuzz-smoke:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
+	cd fuzz && for t in codecs masker; do \
+	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O $$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096 || exit 1; \
+	done
 
 # Format the code in place.
 fmt:

@@ -85,14 +85,6 @@ impl UpstreamCredential {
             let _ = req.insert_header(self.header.clone(), v.clone());
         }
     }
-
-    /// True if `text` contains the credential (used by tests and error scrubbing).
-    pub fn appears_in(&self, text: &str) -> bool {
-        self.value
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| !v.is_empty() && text.contains(v))
-    }
 }
 
 #[cfg(test)]

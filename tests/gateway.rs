@@ -556,3 +556,105 @@ fn large_bodies_are_forwarded_whole_after_body_based_routing() {
         assert_eq!(req["headers"]["content-length"], body.len().to_string());
     }
 }
+
+#[test]
+fn a_json_body_without_content_type_is_still_routed_by_model() {
+    // vLLM and Ollama accept JSON without a Content-Type, so the gateway must
+    // read it as JSON too, or a `model:` route (and its policy) is bypassed.
+    let llama = Upstream::start("llama-host");
+    let other = Upstream::start("other-host");
+    let body = format!(
+        "upstreams:\n  llama: {{hosts: [\"{}\"]}}\n  other: {{hosts: [\"{}\"]}}\nroutes:\n  - {{path_prefix: /v1/, model: \"llama-*\", upstream: llama}}\n  - {{path_prefix: /, upstream: other}}\n",
+        llama.addr, other.addr
+    );
+    let gw = Gateway::start(&body, &[], true);
+    let json = r#"{"model":"llama-3-8b","messages":[{"role":"user","content":"hi"}]}"#;
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALICE_KEY}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+        json.len()
+    );
+    let answer = raw_exchange(&gw.addr, request.as_bytes(), None, Duration::from_secs(10));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("x-demo-upstream: llama-host"),
+        "{answer}"
+    );
+    assert_eq!(other.seen().len(), 0);
+}
+
+#[test]
+fn expect_100_continue_gets_its_go_ahead_and_is_not_forwarded() {
+    use std::io::Write;
+    let up = Upstream::start("u1");
+    let gw = Gateway::start(&one_pool(&up, ""), &[("TEST_UPSTREAM_KEY", "k")], true);
+    let json = serde_json::to_string(&chat("m", false)).unwrap();
+    let mut s = std::net::TcpStream::connect(&gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALICE_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        json.len()
+    )
+    .unwrap();
+    // The go-ahead comes before the body is sent.
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap();
+    assert!(
+        std::str::from_utf8(&buf[..n])
+            .unwrap()
+            .starts_with("HTTP/1.1 100"),
+        "{:?}",
+        &buf[..n]
+    );
+    s.write_all(json.as_bytes()).unwrap();
+    let mut rest = String::new();
+    let _ = s.read_to_string(&mut rest);
+    assert!(rest.contains("HTTP/1.1 200"), "{rest}");
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0]["headers"].get("expect").is_none(), "{}", seen[0]);
+}
+
+#[test]
+fn a_json_response_too_large_to_mask_is_a_clean_502() {
+    let up = Upstream::start("u1");
+    let gw = Gateway::start(
+        &one_pool(&up, "masking: {max_json_body_bytes: 100}\n"),
+        &[("TEST_UPSTREAM_KEY", "k")],
+        true,
+    );
+    let r = http()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(ALICE_KEY)
+        .json(&chat("m", false))
+        .send()
+        .unwrap();
+    let (status, body) = error_of(r);
+    assert_eq!(status, 502, "{body}");
+    assert!(!body.to_string().contains("@example.com"));
+}
+
+#[test]
+fn an_unauthenticated_body_is_not_drained() {
+    // A 401 is answered before the body is read. A client that declares a
+    // huge body and never sends it must not hold the connection open. (This
+    // held before the gateway also disabled keep-alive on 401; it guards the
+    // behaviour, whichever layer provides it.)
+    let up = Upstream::start("u1");
+    let gw = Gateway::start(&one_pool(&up, ""), &[("TEST_UPSTREAM_KEY", "k")], true);
+    let started = Instant::now();
+    let answer = raw_exchange(
+        &gw.addr,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n{\"model\":",
+        None,
+        Duration::from_secs(20),
+    );
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "held open {:?}",
+        started.elapsed()
+    );
+}

@@ -120,6 +120,23 @@ fn char_cuts(s: &str, raw: &[usize]) -> Vec<usize> {
         .collect()
 }
 
+/// Reads the streamed text out of one output event.
+type TextOf = fn(&Value) -> Option<String>;
+
+fn masked_whole(text: &str) -> String {
+    let r = rules();
+    r.mask_all(text, &mut vec![0; r.entity_count()])
+}
+
+/// One frame per random token piece of `text`: `frame` with `{TEXT}` replaced
+/// by the piece as a JSON string literal.
+fn frames(text: &str, tokens: &[usize], frame: &str) -> String {
+    char_cuts(text, tokens)
+        .windows(2)
+        .map(|w| frame.replace("{TEXT}", &json_str(&text[w[0]..w[1]])))
+        .collect()
+}
+
 fn assert_no_pii(out: &str, pii: &[&str]) {
     for p in pii {
         assert!(!out.contains(p), "PII `{p}` survived in {out:?}");
@@ -214,16 +231,8 @@ proptest! {
         tokens in prop::collection::vec(any::<usize>(), 0..60),
         raw in prop::collection::vec(any::<usize>(), 0..80),
     ) {
-        let r = rules();
-        let whole = r.mask_all(&text, &mut vec![0; r.entity_count()]);
-        let pieces = char_cuts(&text, &tokens);
-        let mut body = String::new();
-        for w in pieces.windows(2) {
-            body.push_str(&format!(
-                "data: {{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{}}},\"finish_reason\":null}}]}}\n\n",
-                json_str(&text[w[0]..w[1]])
-            ));
-        }
+        let whole = masked_whole(&text);
+        let mut body = frames(&text, &tokens, "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":{TEXT}},\"finish_reason\":null}]}\n\n");
         body.push_str("data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":{\"completion_tokens\":7}}\n\ndata: [DONE]\n\n");
         let events_in = body.matches("data: ").count();
         let out = run_codec("text/event-stream", body.as_bytes(), &raw);
@@ -244,16 +253,8 @@ proptest! {
         tokens in prop::collection::vec(any::<usize>(), 0..60),
         raw in prop::collection::vec(any::<usize>(), 0..80),
     ) {
-        let r = rules();
-        let whole = r.mask_all(&text, &mut vec![0; r.entity_count()]);
-        let pieces = char_cuts(&text, &tokens);
-        let mut body = String::new();
-        for w in pieces.windows(2) {
-            body.push_str(&format!(
-                "data: {{\"id\":\"c1\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{}}}}}]}}\n\n",
-                json_str(&text[w[0]..w[1]])
-            ));
-        }
+        let whole = masked_whole(&text);
+        let body = frames(&text, &tokens, "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":{TEXT}}}]}\n\n");
         // No finish_reason, no [DONE]: the upstream died.
         let out = run_codec("text/event-stream", body.as_bytes(), &raw);
         let got: String = sse_data(&out).iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
@@ -267,16 +268,9 @@ proptest! {
         tokens in prop::collection::vec(any::<usize>(), 0..60),
         raw in prop::collection::vec(any::<usize>(), 0..80),
     ) {
-        let r = rules();
-        let whole = r.mask_all(&text, &mut vec![0; r.entity_count()]);
-        let pieces = char_cuts(&text, &tokens);
+        let whole = masked_whole(&text);
         let mut body = String::from("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m1\",\"content\":[]}}\n\nevent: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n");
-        for w in pieces.windows(2) {
-            body.push_str(&format!(
-                "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":{}}}}}\n\n",
-                json_str(&text[w[0]..w[1]])
-            ));
-        }
+        body.push_str(&frames(&text, &tokens, "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":{TEXT}}}\n\n"));
         body.push_str("event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
         let out = run_codec("text/event-stream", body.as_bytes(), &raw);
         let data = sse_data(&out);
@@ -296,16 +290,8 @@ proptest! {
         tokens in prop::collection::vec(any::<usize>(), 0..60),
         raw in prop::collection::vec(any::<usize>(), 0..80),
     ) {
-        let r = rules();
-        let whole = r.mask_all(&text, &mut vec![0; r.entity_count()]);
-        let pieces = char_cuts(&text, &tokens);
-        let mut body = String::new();
-        for w in pieces.windows(2) {
-            body.push_str(&format!(
-                "{{\"model\":\"llama3\",\"message\":{{\"role\":\"assistant\",\"content\":{}}},\"done\":false}}\n",
-                json_str(&text[w[0]..w[1]])
-            ));
-        }
+        let whole = masked_whole(&text);
+        let mut body = frames(&text, &tokens, "{\"model\":\"llama3\",\"message\":{\"role\":\"assistant\",\"content\":{TEXT}},\"done\":false}\n");
         body.push_str("{\"model\":\"llama3\",\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done\":true,\"eval_count\":5}\n");
         let lines_in = body.lines().count();
         let out = String::from_utf8(run_codec("application/x-ndjson", body.as_bytes(), &raw)).unwrap();
@@ -335,5 +321,112 @@ proptest! {
         prop_assert_eq!(out["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"].as_str().unwrap(), whole.as_str());
         prop_assert_eq!(&out["usage"]["total_tokens"], 3);
         assert_no_pii(&out.to_string(), &pii);
+    }
+
+    #[test]
+    fn shapes_without_a_codec_of_their_own_are_split_invariant(
+        (text, pii) in text(),
+        tokens in prop::collection::vec(any::<usize>(), 0..60),
+        raw in prop::collection::vec(any::<usize>(), 0..80),
+        shape in 0..4usize,
+    ) {
+        // TGI /generate_stream, llama.cpp /completion, OpenAI Responses API,
+        // and plain-text `data:` lines: one stream per JSON path.
+        let whole = masked_whole(&text);
+        let (frame, last, field): (&str, String, TextOf) = match shape {
+            0 => (
+                "data: {\"token\":{\"id\":7,\"text\":{TEXT},\"logprob\":-0.1,\"special\":false},\"generated_text\":null}\n\n",
+                format!("data: {{\"token\":{{\"id\":2,\"text\":\"\",\"special\":true}},\"generated_text\":{}}}\n\n", json_str(&text)),
+                |e| e["token"]["text"].as_str().map(str::to_string),
+            ),
+            1 => (
+                "data: {\"content\":{TEXT},\"stop\":false}\n\n",
+                "data: {\"content\":\"\",\"stop\":true,\"tokens_predicted\":9}\n\n".to_string(),
+                |e| e["content"].as_str().map(str::to_string),
+            ),
+            2 => (
+                "data: {\"type\":\"response.output_text.delta\",\"item_id\":\"i1\",\"delta\":{TEXT}}\n\n",
+                format!("data: {{\"type\":\"response.output_text.done\",\"item_id\":\"i1\",\"text\":{}}}\n\n", json_str(&text)),
+                |e| (e["type"] == "response.output_text.delta").then(|| e["delta"].as_str().unwrap().to_string()),
+            ),
+            _ => ("data: {TEXT}\n\n", String::new(), |_| None),
+        };
+        let body = if shape == 3 {
+            // Plain text data: newlines would start new `data:` lines.
+            // (Quotes swapped: a token like `"quoted"` would be a JSON string.)
+            let flat = text.replace('\n', " and ").replace('"', "'");
+            let mut b = String::new();
+            for w in char_cuts(&flat, &tokens).windows(2) {
+                b.push_str(&format!("data: {}\n\n", &flat[w[0]..w[1]]));
+            }
+            b
+        } else {
+            frames(&text, &tokens, frame) + &last
+        };
+        let out = run_codec("text/event-stream", body.as_bytes(), &raw);
+        let out_text = String::from_utf8(out.clone()).unwrap();
+        let got: String = if shape == 3 {
+            out_text.split("\n\n").filter_map(|e| e.strip_prefix("data: ")).collect()
+        } else {
+            sse_data(&out).iter().filter_map(field).collect()
+        };
+        let expected = if shape == 3 { masked_whole(&text.replace('\n', " and ").replace('"', "'")) } else { whole.clone() };
+        assert_no_pii(&got, &pii);
+        prop_assert_eq!(got, expected);
+        if shape == 0 || shape == 2 {
+            // The final event's full text is masked too.
+            let full = sse_data(&out).last().unwrap().clone();
+            let full = full.get("generated_text").or(full.get("text")).unwrap().as_str().unwrap().to_string();
+            prop_assert_eq!(full, whole);
+        }
+    }
+}
+
+#[test]
+fn openai_fields_outside_the_streams_are_masked_too() {
+    let body = serde_json::json!({
+        "id": "c1", "object": "chat.completion",
+        "choices": [{"index": 0, "finish_reason": "function_call", "message": {
+            "role": "assistant",
+            "content": [{"type": "text", "text": "mail jane.doe@example.com"}],
+            "function_call": {"name": "send", "arguments": "{\"to\": \"bob@example.com\"}"},
+            "tool_calls": [{"id": "t1", "type": "custom", "custom": {"name": "x", "input": "call +1 415-555-0132"}},
+                           {"id": "t2", "type": "function", "function": {"name": "y", "arguments": {"card": "4111 1111 1111 1111"}}}]
+        }}]
+    });
+    let out = run_codec("application/json", &serde_json::to_vec(&body).unwrap(), &[]);
+    let text = String::from_utf8(out).unwrap();
+    for pii in [
+        "jane.doe@example.com",
+        "bob@example.com",
+        "415-555-0132",
+        "4111 1111 1111 1111",
+    ] {
+        assert!(!text.contains(pii), "{pii} in {text}");
+    }
+    assert!(
+        text.contains("[EMAIL]") && text.contains("\"id\":\"t1\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn unknown_or_missing_content_types_are_masked_as_text_and_binary_passes() {
+    let out = run_codec("", b"reach jane.doe@example.com", &[3]);
+    assert_eq!(out, b"reach [EMAIL]");
+    let out = run_codec("application/x-custom", b"reach jane.doe@example.com", &[]);
+    assert_eq!(out, b"reach [EMAIL]");
+    assert!(ResponseMasker::for_content_type("image/png", rules(), 1024).is_none());
+    assert!(ResponseMasker::for_content_type("application/octet-stream", rules(), 1024).is_none());
+}
+
+#[test]
+fn an_event_that_never_ends_is_refused_not_buffered_forever() {
+    for ct in ["text/event-stream", "application/x-ndjson"] {
+        let mut m = ResponseMasker::for_content_type(ct, rules(), 1024).unwrap();
+        let mut out = Vec::new();
+        let chunk = [b'x'; 600];
+        assert!(m.feed(&chunk, false, &mut out).is_ok());
+        assert!(m.feed(&chunk, false, &mut out).is_err(), "{ct}");
     }
 }

@@ -26,6 +26,23 @@ pub async fn read_body(
             return Err(ClientError::too_large(limit));
         }
     }
+    // The client waits for a go-ahead before sending the body; the body is
+    // read here, so the go-ahead comes from here too (and `Expect` is not
+    // forwarded: the upstream gets the body at once).
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if expects_continue {
+        session
+            .req_header_mut()
+            .remove_header(&http::header::EXPECT);
+        if let Err(e) = session.as_downstream_mut().write_continue_response().await {
+            log::debug!("could not send 100 Continue: {e}");
+        }
+    }
     let deadline = Instant::now() + timeout;
     let mut first: Option<Bytes> = None;
     let mut rest: Option<BytesMut> = None;
@@ -83,15 +100,21 @@ fn declared_length(req: &RequestHeader) -> Option<usize> {
         .ok()
 }
 
-/// True when the request declares a JSON body.
-pub fn is_json(req: &RequestHeader) -> bool {
-    req.headers
+/// True when the request body is to be read as JSON: declared JSON, or no
+/// `Content-Type` at all and a body that starts like a JSON object (servers
+/// such as vLLM and Ollama accept those, so the gateway must not skip them).
+pub fn is_json(req: &RequestHeader, body: &[u8]) -> bool {
+    match req
+        .headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
+    {
+        Some(ct) => {
             let ct = ct.split(';').next().unwrap_or("").trim();
             ct.eq_ignore_ascii_case("application/json") || ct.ends_with("+json")
-        })
+        }
+        None => body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'),
+    }
 }
 
 #[derive(Deserialize)]
@@ -103,7 +126,7 @@ struct ModelProbe<'a> {
 /// The `model` of a JSON body; the whole body must be a valid JSON object.
 /// Non-JSON requests (by `Content-Type`) and empty bodies have no model.
 pub fn probe_model(req: &RequestHeader, body: &[u8]) -> Result<Option<String>, ClientError> {
-    if body.is_empty() || !is_json(req) {
+    if body.is_empty() || !is_json(req, body) {
         return Ok(None);
     }
     match serde_json::from_slice::<ModelProbe>(body) {
@@ -141,7 +164,17 @@ mod tests {
         assert!(e.message.contains("not valid JSON"), "{}", e.message);
         assert_eq!(probe_model(&r, br#"{"model": 7}"#).unwrap_err().status, 400);
         assert_eq!(probe_model(&r, b"[1,2]").unwrap_err().status, 400);
-        let plain = RequestHeader::build("POST", b"/x", None).unwrap();
-        assert_eq!(probe_model(&plain, b"not json").unwrap(), None);
+        let mut form = RequestHeader::build("POST", b"/x", None).unwrap();
+        form.insert_header("content-type", "text/plain").unwrap();
+        assert_eq!(probe_model(&form, br#"{"model":"x"}"#).unwrap(), None);
+        // No Content-Type: a JSON object body is still JSON (vLLM accepts it).
+        let bare = RequestHeader::build("POST", b"/x", None).unwrap();
+        assert_eq!(
+            probe_model(&bare, b" {\"model\":\"x\"}")
+                .unwrap()
+                .as_deref(),
+            Some("x")
+        );
+        assert_eq!(probe_model(&bare, b"not json").unwrap(), None);
     }
 }

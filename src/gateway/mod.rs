@@ -116,8 +116,9 @@ impl Gateway {
         ctx: &RequestCtx,
         err: ClientError,
     ) -> Result<bool> {
-        if matches!(err.status, 400 | 408 | 413) {
-            // The unread rest of the body makes the connection unusable.
+        if matches!(err.status, 400 | 401 | 408 | 413) {
+            // An unread (rest of the) body makes the connection unusable, and
+            // draining it for keep-alive would bypass the body limits.
             session.set_keepalive(None);
         }
         write_error(session, ctx, &err).await?;
@@ -220,7 +221,7 @@ impl ProxyHttp for Gateway {
         let route = self.router.get(ctx.route.expect("just set"));
         ctx.masking = self.masks.policy(&route.policy);
         if let Some(rules) = &ctx.masking.request {
-            if !ctx.body.is_empty() && intake::is_json(session.req_header()) {
+            if !ctx.body.is_empty() && intake::is_json(session.req_header(), &ctx.body) {
                 let mut counts = vec![0; rules.entity_count()];
                 if let Some(masked) = crate::mask::mask_request_json(&ctx.body, rules, &mut counts)
                 {
@@ -332,7 +333,23 @@ impl ProxyHttp for Gateway {
                 rules.clone(),
                 self.masks.max_json_body,
             );
-            if ctx.masker.is_some() {
+            if let Some(masker) = &ctx.masker {
+                let declared: Option<usize> = resp
+                    .headers
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse().ok());
+                if let (Some(limit), Some(len)) = (masker.whole_body_limit(), declared) {
+                    if len > limit {
+                        // Known before any byte is sent: a clean 502, not a cut-off 200.
+                        return Error::e_explain(
+                            ErrorType::HTTPStatus(502),
+                            format!(
+                                "JSON response of {len} bytes exceeds masking.max_json_body_bytes"
+                            ),
+                        );
+                    }
+                }
                 if encoded {
                     // A compressed body cannot be masked; never pass it through unmasked.
                     return Error::e_explain(
@@ -407,6 +424,10 @@ impl ProxyHttp for Gateway {
         // The whole body is held in ctx, so any method can be replayed when a
         // reused keep-alive connection turned out to be closed (ReusedOnly).
         e.retry.decide_reuse(client_reused);
+        if e.retry() {
+            // The host is not at fault: let it be chosen again.
+            ctx.tried.pop();
+        }
         e
     }
 

@@ -43,6 +43,20 @@ impl MaskEngine {
             Detector::new(&[], std::slice::from_ref(c))
                 .map_err(|e| ConfigError::at(format!("masking.custom[{i}]"), e))?;
         }
+        // Below the longest built-in match, a streamed entity could be
+        // released before it is complete, i.e. unmasked.
+        let longest = Detector::new(&BUILTIN, &[])
+            .ok()
+            .and_then(|d| d.max_match_len())
+            .unwrap_or(0);
+        if m.max_holdback_bytes < longest {
+            return Err(ConfigError::at(
+                "masking.max_holdback_bytes",
+                format!(
+                    "must be at least {longest} (the longest built-in entity, a PEM private key)"
+                ),
+            ));
+        }
         let mut detectors: HashMap<Vec<String>, Arc<Detector>> = HashMap::new();
         let mut policies = HashMap::new();
         let default_policy = PolicyConfig::default();

@@ -52,7 +52,9 @@ pub fn process(
             before = flush_events(streams, rules, counts, |k| k.choice == index);
         }
         "message_stop" => {
-            before = flush_events(streams, rules, counts, |_| true);
+            before = flush_events(streams, rules, counts, |k| {
+                k.field != Field::Path && k.choice < u64::MAX - 1
+            });
         }
         _ => {
             for (k, v) in obj.iter_mut() {

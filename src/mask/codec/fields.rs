@@ -19,6 +19,9 @@ pub enum Field {
     PartialJson,
     /// Logprob tokens (chat `logprobs.content[].token`, legacy `logprobs.tokens`).
     Tokens,
+    /// A string at a JSON path of an event shape the codecs do not know
+    /// (`sub` indexes the codec's path table); `choice` is unused.
+    Path,
 }
 
 /// One logical stream: a field of a choice (or Anthropic content block), and
@@ -40,6 +43,9 @@ impl StreamKey {
     }
 }
 
+/// Most streams one response may open.
+pub const MAX_STREAMS: usize = 256;
+
 /// The streams of one response. Few per response, so a vector beats a map.
 #[derive(Default)]
 pub struct Streams {
@@ -57,6 +63,9 @@ impl Streams {
     ) -> String {
         let i = match self.streams.iter().position(|(k, _)| *k == key) {
             Some(i) => i,
+            // A hostile upstream could invent endless choices or tool calls:
+            // beyond the cap a piece is masked on its own (never unmasked).
+            None if self.streams.len() >= MAX_STREAMS => return rules.mask_all(text, counts),
             None => {
                 self.streams.push((key, StreamMasker::new()));
                 self.streams.len() - 1

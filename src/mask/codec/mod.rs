@@ -3,14 +3,15 @@
 //!
 //! | Content-Type | Codec |
 //! |---|---|
-//! | `text/event-stream` | [`sse`]: OpenAI chat/completions chunks, Anthropic Messages events |
+//! | `text/event-stream` | [`sse`]: OpenAI chat/completions chunks, Anthropic Messages events, any other JSON shape by JSON path ([`generic`]), plain `data:` text |
 //! | `application/x-ndjson`, `application/jsonl` | [`ndjson`]: Ollama `/api/chat`, `/api/generate` |
 //! | `application/json` | whole body, buffered (bounded), every text field masked |
-//! | other `text/*` | plain text, one stream |
-//! | anything else | not masked (binary) |
+//! | other `text/*`, unknown or missing | plain text, one stream |
+//! | `image/*`, `audio/*`, `video/*`, `application/octet-stream`, archives | not masked (binary) |
 
 mod anthropic;
 pub mod fields;
+mod generic;
 mod ndjson;
 mod openai;
 mod sse;
@@ -45,6 +46,8 @@ enum Codec {
 pub enum MaskError {
     /// A JSON body larger than the buffering limit.
     JsonTooLarge(usize),
+    /// An SSE event or NDJSON line larger than the limit (never terminated).
+    EventTooLarge(usize),
 }
 
 impl std::fmt::Display for MaskError {
@@ -53,6 +56,10 @@ impl std::fmt::Display for MaskError {
             MaskError::JsonTooLarge(limit) => write!(
                 f,
                 "JSON response larger than {limit} bytes cannot be masked"
+            ),
+            MaskError::EventTooLarge(limit) => write!(
+                f,
+                "stream event or line larger than {limit} bytes cannot be masked"
             ),
         }
     }
@@ -73,29 +80,25 @@ impl ResponseMasker {
             .trim()
             .to_ascii_lowercase();
         let codec = match ct.as_str() {
-            "text/event-stream" => Codec::Sse(Default::default()),
+            "text/event-stream" => Codec::Sse(sse::SseCodec::new(json_limit)),
             "application/x-ndjson"
             | "application/jsonl"
             | "application/jsonlines"
-            | "application/ndjson" => Codec::Ndjson(Default::default()),
+            | "application/ndjson" => Codec::Ndjson(ndjson::NdjsonCodec::new(json_limit)),
             "application/json" => Codec::Json {
                 buf: Vec::new(),
                 limit: json_limit,
             },
-            t if t.starts_with("text/") || t.ends_with("+json") => {
-                if t.ends_with("+json") {
-                    Codec::Json {
-                        buf: Vec::new(),
-                        limit: json_limit,
-                    }
-                } else {
-                    Codec::Text {
-                        stream: StreamMasker::new(),
-                        partial: Vec::new(),
-                    }
-                }
-            }
-            _ => return None,
+            t if t.ends_with("+json") => Codec::Json {
+                buf: Vec::new(),
+                limit: json_limit,
+            },
+            t if is_binary(t) => return None,
+            // Text, and anything unknown or missing: fail closed, mask as text.
+            _ => Codec::Text {
+                stream: StreamMasker::new(),
+                partial: Vec::new(),
+            },
         };
         let counts = vec![0; rules.entity_count()];
         Some(ResponseMasker {
@@ -111,13 +114,13 @@ impl ResponseMasker {
         let counts = &mut self.counts;
         match &mut self.codec {
             Codec::Sse(c) => {
-                c.feed(chunk, rules, counts, out);
+                c.feed(chunk, rules, counts, out)?;
                 if end {
                     c.finish(rules, counts, out);
                 }
             }
             Codec::Ndjson(c) => {
-                c.feed(chunk, rules, counts, out);
+                c.feed(chunk, rules, counts, out)?;
                 if end {
                     c.finish(rules, counts, out);
                 }
@@ -150,6 +153,14 @@ impl ResponseMasker {
         Ok(())
     }
 
+    /// The most body bytes this masker will buffer whole (JSON bodies), if any.
+    pub fn whole_body_limit(&self) -> Option<usize> {
+        match &self.codec {
+            Codec::Json { limit, .. } => Some(*limit),
+            _ => None,
+        }
+    }
+
     /// Times a stream's holdback bound forced an early release.
     pub fn overflows(&self) -> u32 {
         match &self.codec {
@@ -159,6 +170,24 @@ impl ResponseMasker {
             Codec::Json { .. } => 0,
         }
     }
+}
+
+/// Types that are not text: passed through unmasked.
+fn is_binary(ct: &str) -> bool {
+    ct.starts_with("image/")
+        || ct.starts_with("audio/")
+        || ct.starts_with("video/")
+        || ct.starts_with("font/")
+        || matches!(
+            ct,
+            "application/octet-stream"
+                | "application/pdf"
+                | "application/zip"
+                | "application/gzip"
+                | "application/x-protobuf"
+                | "application/grpc"
+                | "application/vnd.apache.parquet"
+        )
 }
 
 /// Decodes the complete UTF-8 at the front of `buf`, replacing each invalid

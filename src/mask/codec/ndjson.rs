@@ -4,12 +4,17 @@
 
 use super::fields::*;
 use super::openai::object_at;
+use super::MaskError;
 use crate::mask::stream::MaskRules;
 use serde_json::{Map, Value};
 
 #[derive(Default)]
 pub struct NdjsonCodec {
     pending: Vec<u8>,
+    /// Bytes of `pending` already searched for a newline.
+    scanned: usize,
+    /// Longest line accepted.
+    limit: usize,
     streams: Streams,
     /// Last line seen, as a template for a synthesised final line.
     template: Option<Map<String, Value>>,
@@ -24,16 +29,40 @@ fn streamed(k: &str) -> bool {
 }
 
 impl NdjsonCodec {
-    pub fn feed(&mut self, chunk: &[u8], rules: &MaskRules, counts: &mut [u32], out: &mut Vec<u8>) {
+    /// A codec refusing events/lines longer than `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        NdjsonCodec {
+            limit,
+            ..Default::default()
+        }
+    }
+
+    pub fn feed(
+        &mut self,
+        chunk: &[u8],
+        rules: &MaskRules,
+        counts: &mut [u32],
+        out: &mut Vec<u8>,
+    ) -> Result<(), MaskError> {
         self.pending.extend_from_slice(chunk);
         let mut start = 0;
-        while let Some(nl) = self.pending[start..].iter().position(|b| *b == b'\n') {
-            let line = self.pending[start..start + nl].to_vec();
+        let mut from = self.scanned;
+        while let Some(nl) = self.pending[start + from..]
+            .iter()
+            .position(|b| *b == b'\n')
+        {
+            let line = self.pending[start..start + from + nl].to_vec();
             self.line(&line, rules, counts, out);
             out.push(b'\n');
-            start += nl + 1;
+            start += from + nl + 1;
+            from = 0;
         }
         self.pending.drain(..start);
+        self.scanned = self.pending.len();
+        if self.pending.len() > self.limit {
+            return Err(MaskError::EventTooLarge(self.limit));
+        }
+        Ok(())
     }
 
     pub fn finish(&mut self, rules: &MaskRules, counts: &mut [u32], out: &mut Vec<u8>) {

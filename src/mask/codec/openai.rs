@@ -16,23 +16,6 @@ const TEXT_FIELDS: [(&str, Field); 4] = [
     ("refusal", Field::Refusal),
 ];
 
-/// Field names handled by streams (skipped by the whole-value pass).
-fn streamed(k: &str) -> bool {
-    matches!(
-        k,
-        "content"
-            | "reasoning_content"
-            | "reasoning"
-            | "refusal"
-            | "arguments"
-            | "text"
-            | "token"
-            | "tokens"
-            | "bytes"
-            | "top_logprobs"
-    )
-}
-
 /// Sub-stream ids for logprob token streams.
 const LP_CONTENT: u64 = 0;
 const LP_REFUSAL: u64 = 1;
@@ -154,15 +137,33 @@ fn process_choice(
     }
 }
 
+/// Masks whole every value of a `delta`/`message` that did not go through a
+/// stream: array `content`, legacy `function_call`, `audio`, tool calls
+/// (all but a string `function.arguments`, which was streamed).
 fn mask_leaves_except_streamed(c: &mut Map<String, Value>, rules: &MaskRules, counts: &mut [u32]) {
     for (k, v) in c.iter_mut() {
-        if k == "tool_calls" {
-            // Only `function.arguments` is streamed; names and ids are structure.
+        let k = k.as_str();
+        if STRUCTURAL.contains(&k) || (v.is_string() && TEXT_FIELDS.iter().any(|(n, _)| *n == k)) {
             continue;
         }
-        if !streamed(k) && !STRUCTURAL.contains(&k.as_str()) {
-            mask_leaves(v, rules, counts, &streamed);
+        if k == "tool_calls" {
+            if let Value::Array(calls) = v {
+                for call in calls.iter_mut() {
+                    let streamed = match call.pointer_mut("/function/arguments") {
+                        Some(a) if a.is_string() => Some(std::mem::take(a)),
+                        _ => None,
+                    };
+                    mask_leaves(call, rules, counts, &|_| false);
+                    if let (Some(a), Some(slot)) =
+                        (streamed, call.pointer_mut("/function/arguments"))
+                    {
+                        *slot = a;
+                    }
+                }
+            }
+            continue;
         }
+        mask_leaves(v, rules, counts, &|_| false);
     }
 }
 

@@ -6,13 +6,38 @@
 //! end, one carrying text that was still held back).
 
 use super::fields::*;
-use super::{anthropic, openai};
+use super::generic::Generic;
+use super::{anthropic, openai, MaskError};
 use crate::mask::stream::MaskRules;
 use serde_json::{Map, Value};
+
+/// Anthropic Messages event types (others with a `type` are generic).
+const ANTHROPIC_TYPES: [&str; 8] = [
+    "message_start",
+    "content_block_start",
+    "content_block_delta",
+    "content_block_stop",
+    "message_delta",
+    "message_stop",
+    "ping",
+    "error",
+];
+
+/// Stream key of non-JSON `data:` text.
+const RAW: StreamKey = StreamKey {
+    choice: u64::MAX - 1,
+    field: Field::Text,
+    sub: 0,
+};
 
 #[derive(Default)]
 pub struct SseCodec {
     pending: Vec<u8>,
+    /// Bytes of `pending` already searched for an event end.
+    scanned: usize,
+    /// Largest event accepted (an upstream that never ends one cannot grow memory).
+    limit: usize,
+    generic: Generic,
     streams: Streams,
     /// `id`, `model`... of the last OpenAI chunk, for synthesised chunks.
     envelope: Option<Map<String, Value>>,
@@ -20,15 +45,37 @@ pub struct SseCodec {
 }
 
 impl SseCodec {
-    pub fn feed(&mut self, chunk: &[u8], rules: &MaskRules, counts: &mut [u32], out: &mut Vec<u8>) {
+    /// A codec refusing events/lines longer than `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        SseCodec {
+            limit,
+            ..Default::default()
+        }
+    }
+
+    pub fn feed(
+        &mut self,
+        chunk: &[u8],
+        rules: &MaskRules,
+        counts: &mut [u32],
+        out: &mut Vec<u8>,
+    ) -> Result<(), MaskError> {
         self.pending.extend_from_slice(chunk);
         let mut start = 0;
-        while let Some((end, next)) = event_end(&self.pending[start..]) {
+        // Resume the search a few bytes back: a terminator may straddle chunks.
+        let mut from = self.scanned.saturating_sub(3);
+        while let Some((end, next)) = event_end(&self.pending[start..], from) {
             let event = self.pending[start..start + end].to_vec();
             self.event(&event, rules, counts, out);
             start += next;
+            from = 0;
         }
         self.pending.drain(..start);
+        self.scanned = self.pending.len();
+        if self.pending.len() > self.limit {
+            return Err(MaskError::EventTooLarge(self.limit));
+        }
+        Ok(())
     }
 
     /// End of the body: a trailing unterminated event is processed, and held
@@ -51,16 +98,25 @@ impl SseCodec {
             return;
         }
         if self.anthropic {
-            for ev in anthropic::flush_events(&mut self.streams, rules, counts, |_| true) {
+            for ev in anthropic::flush_events(&mut self.streams, rules, counts, |k| {
+                k.choice != u64::MAX && k.choice != RAW.choice
+            }) {
                 write_event(out, &[b"event: content_block_delta".as_slice()], Some(&ev));
             }
-        } else {
-            let leftovers = self.streams.flush(rules, counts, |_| true);
-            if !leftovers.is_empty() {
-                let env = self.envelope.clone().unwrap_or_default();
-                let ev = Value::Object(openai::synthesize(&env, leftovers));
-                write_event(out, &[], Some(&ev));
-            }
+        }
+        let openai_left = self
+            .streams
+            .flush(rules, counts, |k| k.field != Field::Path && *k != RAW);
+        if !openai_left.is_empty() {
+            let env = self.envelope.clone().unwrap_or_default();
+            let ev = Value::Object(openai::synthesize(&env, openai_left));
+            write_event(out, &[], Some(&ev));
+        }
+        for ev in self.generic.flush_all(&mut self.streams, rules, counts) {
+            write_event(out, &[], Some(&ev));
+        }
+        for (_, text) in self.streams.flush(rules, counts, |k| *k == RAW) {
+            write_raw_event(out, &[], text.as_bytes());
         }
     }
 
@@ -81,7 +137,9 @@ impl SseCodec {
             }
         }
         if !has_data {
-            out.extend_from_slice(raw);
+            // Comments and unknown fields: whatever they say is masked too.
+            let text = String::from_utf8_lossy(raw);
+            out.extend_from_slice(rules.mask_all(&text, counts).as_bytes());
             out.extend_from_slice(b"\n\n");
             return;
         }
@@ -99,37 +157,57 @@ impl SseCodec {
                         .collect();
                     self.envelope = Some(env);
                     openai::process(&mut obj, &mut self.streams, rules, counts, false);
-                } else if obj.get("type").is_some_and(Value::is_string) {
+                    write_event(out, &others, Some(&Value::Object(obj)));
+                } else if obj
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| ANTHROPIC_TYPES.contains(&t))
+                {
                     self.anthropic = true;
                     for ev in anthropic::process(&mut obj, &mut self.streams, rules, counts) {
                         write_event(out, &[b"event: content_block_delta".as_slice()], Some(&ev));
                     }
+                    write_event(out, &others, Some(&Value::Object(obj)));
                 } else {
-                    for (k, v) in obj.iter_mut() {
-                        if !STRUCTURAL.contains(&k.as_str()) {
-                            mask_leaves(v, rules, counts, &|_| false);
-                        }
-                    }
+                    self.generic_event(Value::Object(obj), &others, rules, counts, out);
                 }
-                write_event(out, &others, Some(&Value::Object(obj)));
             }
-            Ok(mut other) => {
-                mask_leaves(&mut other, rules, counts, &|_| false);
-                write_event(out, &others, Some(&other));
+            // Strings and arrays have JSON paths; a bare number, bool or
+            // null in a text stream is most likely text that parses as JSON.
+            Ok(other @ (Value::String(_) | Value::Array(_))) => {
+                self.generic_event(other, &others, rules, counts, out)
             }
-            Err(_) => {
-                // Not JSON: the data is text; masked as a whole.
+            Ok(_) | Err(_) => {
+                // Not JSON: the data is text, one stream across events.
                 let text = String::from_utf8_lossy(&data);
-                let masked = rules.mask_all(&text, counts);
-                write_raw_event(out, &others, masked.as_bytes());
+                let released = self.streams.push(RAW, &text, rules, counts);
+                write_raw_event(out, &others, released.as_bytes());
             }
         }
     }
+
+    fn generic_event(
+        &mut self,
+        mut v: Value,
+        others: &[&[u8]],
+        rules: &MaskRules,
+        counts: &mut [u32],
+        out: &mut Vec<u8>,
+    ) {
+        for ev in self
+            .generic
+            .process(&mut v, &mut self.streams, rules, counts)
+        {
+            write_event(out, others, Some(&ev));
+        }
+        write_event(out, others, Some(&v));
+    }
 }
 
-/// End of the first event in `buf`: (length of the event, bytes to skip).
-fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
+/// End of the first event in `buf`, searching from `from`: (length of the
+/// event, bytes to skip).
+fn event_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+    let mut i = from;
     while i < buf.len() {
         if buf[i] == b'\n' {
             if buf.get(i + 1) == Some(&b'\n') {
