@@ -424,8 +424,9 @@ impl ProxyHttp for Gateway {
         // The whole body is held in ctx, so any method can be replayed when a
         // reused keep-alive connection turned out to be closed (ReusedOnly).
         e.retry.decide_reuse(client_reused);
-        if e.retry() {
-            // The host is not at fault: let it be chosen again.
+        if e.retry() && client_reused {
+            // A stale keep-alive connection: the host is not at fault, so it
+            // may be chosen again (on a fresh connection).
             ctx.tried.pop();
         }
         e
