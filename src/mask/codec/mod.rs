@@ -11,6 +11,7 @@
 
 mod anthropic;
 pub mod fields;
+mod frames;
 mod generic;
 mod ndjson;
 mod openai;

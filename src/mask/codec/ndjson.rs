@@ -3,6 +3,7 @@
 //! streams; the line with `"done": true` receives their remaining text.
 
 use super::fields::*;
+use super::frames::Framer;
 use super::openai::object_at;
 use super::MaskError;
 use crate::mask::stream::MaskRules;
@@ -10,11 +11,7 @@ use serde_json::{Map, Value};
 
 #[derive(Default)]
 pub struct NdjsonCodec {
-    pending: Vec<u8>,
-    /// Bytes of `pending` already searched for a newline.
-    scanned: usize,
-    /// Longest line accepted.
-    limit: usize,
+    framer: Framer,
     streams: Streams,
     /// Last line seen, as a template for a synthesised final line.
     template: Option<Map<String, Value>>,
@@ -32,7 +29,7 @@ impl NdjsonCodec {
     /// A codec refusing events/lines longer than `limit` bytes.
     pub fn new(limit: usize) -> Self {
         NdjsonCodec {
-            limit,
+            framer: Framer::new(limit, 0, line_end),
             ..Default::default()
         }
     }
@@ -44,31 +41,17 @@ impl NdjsonCodec {
         counts: &mut [u32],
         out: &mut Vec<u8>,
     ) -> Result<(), MaskError> {
-        self.pending.extend_from_slice(chunk);
-        let mut start = 0;
-        let mut from = self.scanned;
-        while let Some(nl) = self.pending[start + from..]
-            .iter()
-            .position(|b| *b == b'\n')
-        {
-            let line = self.pending[start..start + from + nl].to_vec();
+        for line in self.framer.feed(chunk)? {
             self.line(&line, rules, counts, out);
             out.push(b'\n');
-            start += from + nl + 1;
-            from = 0;
-        }
-        self.pending.drain(..start);
-        self.scanned = self.pending.len();
-        if self.pending.len() > self.limit {
-            return Err(MaskError::EventTooLarge(self.limit));
         }
         Ok(())
     }
 
     pub fn finish(&mut self, rules: &MaskRules, counts: &mut [u32], out: &mut Vec<u8>) {
-        if !self.pending.iter().all(u8::is_ascii_whitespace) {
-            let line = std::mem::take(&mut self.pending);
-            self.line(&line, rules, counts, out);
+        let rest = self.framer.take_rest();
+        if !rest.iter().all(u8::is_ascii_whitespace) {
+            self.line(&rest, rules, counts, out);
             out.push(b'\n');
         }
         let left = self.streams.flush(rules, counts, |_| true);
@@ -140,6 +123,13 @@ impl NdjsonCodec {
         }
         out.extend_from_slice(&serde_json::to_vec(&Value::Object(obj)).expect("serialises"));
     }
+}
+
+fn line_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+    buf[from..]
+        .iter()
+        .position(|b| *b == b'\n')
+        .map(|i| (from + i, from + i + 1))
 }
 
 /// Appends streams' remaining text to the fields they came from.

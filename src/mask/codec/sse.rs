@@ -6,6 +6,7 @@
 //! end, one carrying text that was still held back).
 
 use super::fields::*;
+use super::frames::Framer;
 use super::generic::Generic;
 use super::{anthropic, openai, MaskError};
 use crate::mask::stream::MaskRules;
@@ -32,11 +33,7 @@ const RAW: StreamKey = StreamKey {
 
 #[derive(Default)]
 pub struct SseCodec {
-    pending: Vec<u8>,
-    /// Bytes of `pending` already searched for an event end.
-    scanned: usize,
-    /// Largest event accepted (an upstream that never ends one cannot grow memory).
-    limit: usize,
+    framer: Framer,
     generic: Generic,
     streams: Streams,
     /// `id`, `model`... of the last OpenAI chunk, for synthesised chunks.
@@ -48,7 +45,8 @@ impl SseCodec {
     /// A codec refusing events/lines longer than `limit` bytes.
     pub fn new(limit: usize) -> Self {
         SseCodec {
-            limit,
+            // A blank-line terminator may straddle two chunks.
+            framer: Framer::new(limit, 3, event_end),
             ..Default::default()
         }
     }
@@ -60,20 +58,8 @@ impl SseCodec {
         counts: &mut [u32],
         out: &mut Vec<u8>,
     ) -> Result<(), MaskError> {
-        self.pending.extend_from_slice(chunk);
-        let mut start = 0;
-        // Resume the search a few bytes back: a terminator may straddle chunks.
-        let mut from = self.scanned.saturating_sub(3);
-        while let Some((end, next)) = event_end(&self.pending[start..], from) {
-            let event = self.pending[start..start + end].to_vec();
+        for event in self.framer.feed(chunk)? {
             self.event(&event, rules, counts, out);
-            start += next;
-            from = 0;
-        }
-        self.pending.drain(..start);
-        self.scanned = self.pending.len();
-        if self.pending.len() > self.limit {
-            return Err(MaskError::EventTooLarge(self.limit));
         }
         Ok(())
     }
@@ -81,11 +67,10 @@ impl SseCodec {
     /// End of the body: a trailing unterminated event is processed, and held
     /// text is released in a final event.
     pub fn finish(&mut self, rules: &MaskRules, counts: &mut [u32], out: &mut Vec<u8>) {
-        if !self.pending.iter().all(u8::is_ascii_whitespace) {
-            let event = std::mem::take(&mut self.pending);
-            self.event(&event, rules, counts, out);
+        let rest = self.framer.take_rest();
+        if !rest.iter().all(u8::is_ascii_whitespace) {
+            self.event(&rest, rules, counts, out);
         }
-        self.pending.clear();
         self.flush_all(rules, counts, out);
     }
 
