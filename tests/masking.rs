@@ -183,6 +183,25 @@ fn assert_same_events_plus_flushes(out: &[&str], upstream: &[&str]) {
     assert!(extras <= blocks, "{out:?} vs upstream {upstream:?}");
 }
 
+/// OpenAI chunks as SSE `data:` events, ended by `[DONE]`.
+fn openai_sse_chunks(upstream: &[Value]) -> Vec<Value> {
+    let mut chunks: Vec<Value> = upstream.iter().map(sse).collect();
+    chunks.push(json!("data: [DONE]\n\n"));
+    chunks
+}
+
+/// Streams `upstream` chunks through the gateway; checks that no raw PII
+/// reaches the client and that each upstream event gave one event (plus
+/// `[DONE]`), and returns the events' JSON data.
+fn masked_openai_stream(gw: &Gateway, upstream: &[Value]) -> Vec<Value> {
+    let chunks = openai_sse_chunks(upstream);
+    let body = masked_body(raw(gw, "text/event-stream", &chunks), "text/event-stream");
+    assert_no_pii(&body, &RAW_PII);
+    let events = sse_events(&body);
+    assert_eq!(events.len(), upstream.len() + 1, "{body}");
+    json_data(&events)
+}
+
 fn sse(v: &Value) -> Value {
     Value::String(format!("data: {v}\n\n"))
 }
@@ -249,8 +268,7 @@ fn openai_chat_sse_pii_split_across_events_is_masked_event_for_event() {
         chat_chunk(json!({}), json!("stop")),
         usage_chunk,
     ];
-    let mut chunks: Vec<Value> = upstream.iter().map(sse).collect();
-    chunks.push(json!("data: [DONE]\n\n"));
+    let mut chunks = openai_sse_chunks(&upstream);
     // One network chunk ends in the middle of an event: framing must not care.
     let (a, b) = {
         let s = chunks[3].as_str().unwrap();
@@ -311,13 +329,7 @@ fn legacy_completions_tool_call_arguments_and_logprob_tokens_are_masked() {
         completion(" today", Value::Null),
         completion("", json!("length")),
     ];
-    let mut chunks: Vec<Value> = upstream.iter().map(sse).collect();
-    chunks.push(json!("data: [DONE]\n\n"));
-    let body = masked_body(raw(&gw, "text/event-stream", &chunks), "text/event-stream");
-    assert_no_pii(&body, &RAW_PII);
-    let events = sse_events(&body);
-    assert_eq!(events.len(), upstream.len() + 1, "{body}");
-    let values = json_data(&events);
+    let values = masked_openai_stream(&gw, &upstream);
     assert_eq!(
         joined(&values, "/choices/0/text"),
         "Call [PHONE] or [EMAIL] today"
@@ -346,13 +358,7 @@ fn legacy_completions_tool_call_arguments_and_logprob_tokens_are_masked() {
         call(" 1111 1111\"}"),
         chat_chunk(json!({}), json!("tool_calls")),
     ];
-    let mut chunks: Vec<Value> = upstream.iter().map(sse).collect();
-    chunks.push(json!("data: [DONE]\n\n"));
-    let body = masked_body(raw(&gw, "text/event-stream", &chunks), "text/event-stream");
-    assert_no_pii(&body, &RAW_PII);
-    let events = sse_events(&body);
-    assert_eq!(events.len(), upstream.len() + 1, "{body}");
-    let values = json_data(&events);
+    let values = masked_openai_stream(&gw, &upstream);
     let args = joined(&values, "/choices/0/delta/tool_calls/0/function/arguments");
     assert_eq!(args, r#"{"to": "[EMAIL]", "card": "[CREDIT_CARD]"}"#);
     let first_call = &values[0]["choices"][0]["delta"]["tool_calls"][0];
@@ -380,13 +386,7 @@ fn legacy_completions_tool_call_arguments_and_logprob_tokens_are_masked() {
         with_logprobs(" now."),
         chat_chunk(json!({}), json!("stop")),
     ];
-    let mut chunks: Vec<Value> = upstream.iter().map(sse).collect();
-    chunks.push(json!("data: [DONE]\n\n"));
-    let body = masked_body(raw(&gw, "text/event-stream", &chunks), "text/event-stream");
-    assert_no_pii(&body, &RAW_PII);
-    let events = sse_events(&body);
-    assert_eq!(events.len(), upstream.len() + 1, "{body}");
-    let values = json_data(&events);
+    let values = masked_openai_stream(&gw, &upstream);
     assert_eq!(
         joined(&values, "/choices/0/delta/content"),
         "Write to [EMAIL] now."
@@ -755,8 +755,7 @@ fn response_none_passes_the_upstream_bytes_through_untouched() {
         content_chunk("hn@example.com or 4111 1111 1111 1111"),
         chat_chunk(json!({}), json!("stop")),
     ];
-    let mut chunks: Vec<Value> = upstream.iter().map(sse).collect();
-    chunks.push(json!("data: [DONE]\n\n"));
+    let chunks = openai_sse_chunks(&upstream);
     let expected: String = chunks.iter().map(|c| c.as_str().unwrap()).collect();
     let r = raw(&gw, "text/event-stream", &chunks);
     assert_eq!(r.text().unwrap(), expected, "byte for byte");
@@ -960,8 +959,7 @@ fn masked_streams_still_stream() {
         content_chunk("bye"),
         chat_chunk(json!({}), json!("stop")),
     ];
-    let mut chunks: Vec<Value> = upstream.iter().map(sse).collect();
-    chunks.push(json!("data: [DONE]\n\n"));
+    let chunks = openai_sse_chunks(&upstream);
     let start = Instant::now();
     let resp = http()
         .post(gw.url("/__raw"))
