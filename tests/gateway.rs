@@ -106,7 +106,7 @@ fn sse_events_arrive_one_by_one_before_the_upstream_finishes() {
         true,
     );
     let start = Instant::now();
-    let mut resp = http()
+    let resp = http()
         .post(gw.url("/v1/chat/completions"))
         .bearer_auth(ALICE_KEY)
         .header("x-demo-delay-ms", "300")
@@ -114,25 +114,8 @@ fn sse_events_arrive_one_by_one_before_the_upstream_finishes() {
         .json(&chat("demo-model", true))
         .send()
         .unwrap();
-    assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
-    assert!(resp.headers().get("content-length").is_none());
-
-    let mut buf = [0u8; 4096];
-    let mut text = String::new();
-    let mut first_token_at = None;
-    loop {
-        let n = resp.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        text.push_str(std::str::from_utf8(&buf[..n]).unwrap());
-        if first_token_at.is_none() && text.contains("\"tok ") {
-            first_token_at = Some(start.elapsed());
-        }
-    }
-    let total = start.elapsed();
-    let first = first_token_at.expect("a content event");
+    let (text, first, total) = read_timed(resp, start, "\"tok ");
     // 5 events 300 ms apart: the stream takes ≥ 1.2 s, the first token must
     // not wait for it.
     assert!(total >= Duration::from_millis(1200), "total {total:?}");

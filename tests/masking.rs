@@ -13,7 +13,6 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::io::Read;
 use std::time::{Duration, Instant};
 
 /// The demo model's canned answer, masked with the default `label` style.
@@ -908,28 +907,6 @@ fn masked_streams_still_stream() {
     let up = Upstream::start("u1");
     let gw = gateway(&up, "");
 
-    // Read a response as it arrives: (body, when `marker` first appeared, total).
-    let timed = |mut resp: reqwest::blocking::Response, start: Instant, marker: &str| {
-        assert_eq!(resp.status(), 200);
-        assert!(resp.headers().get("content-length").is_none());
-        let mut buf = [0u8; 4096];
-        let mut bytes = Vec::new();
-        let mut seen_at = None;
-        loop {
-            let n = resp.read(&mut buf).unwrap();
-            if n == 0 {
-                break;
-            }
-            bytes.extend_from_slice(&buf[..n]);
-            if seen_at.is_none() && String::from_utf8_lossy(&bytes).contains(marker) {
-                seen_at = Some(start.elapsed());
-            }
-        }
-        let total = start.elapsed();
-        let at = seen_at.unwrap_or_else(|| panic!("`{marker}` never arrived"));
-        (String::from_utf8(bytes).unwrap(), at, total)
-    };
-
     // The demo's SSE, 5 events 300 ms apart.
     let start = Instant::now();
     let resp = http()
@@ -940,7 +917,7 @@ fn masked_streams_still_stream() {
         .json(&chat("demo-model", true))
         .send()
         .unwrap();
-    let (text, first, total) = timed(resp, start, "\"tok ");
+    let (text, first, total) = read_timed(resp, start, "\"tok ");
     assert!(total >= Duration::from_millis(1200), "total {total:?}");
     assert!(
         first + Duration::from_millis(800) < total,
@@ -967,7 +944,7 @@ fn masked_streams_still_stream() {
         .json(&json!({"headers": {"content-type": "text/event-stream"}, "chunks": chunks, "delay_ms": 300}))
         .send()
         .unwrap();
-    let (body, email_at, total) = timed(resp, start, "[EMAIL]");
+    let (body, email_at, total) = read_timed(resp, start, "[EMAIL]");
     assert!(total >= Duration::from_millis(1800), "total {total:?}");
     assert!(
         email_at + Duration::from_millis(700) < total,
