@@ -7,7 +7,7 @@
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use modelgate::mask::codec::ResponseMasker;
 use modelgate::mask::detect::{Detector, BUILTIN};
-use modelgate::mask::replace::{Replacer, Style};
+use modelgate::mask::replace::Style;
 use modelgate::mask::stream::{MaskRules, StreamMasker};
 use std::sync::Arc;
 
@@ -34,13 +34,7 @@ fn llm_text(len: usize) -> String {
 
 fn rules() -> Arc<MaskRules> {
     let detector = Arc::new(Detector::new(&BUILTIN, &[]).unwrap());
-    let names = detector.names().to_vec();
-    let styles = vec![Style::Label; names.len()];
-    Arc::new(MaskRules {
-        replacer: Replacer::new(names, styles, None),
-        detector,
-        max_holdback: 16 * 1024,
-    })
+    Arc::new(MaskRules::uniform(detector, Style::Label, 16 * 1024))
 }
 
 /// Pieces of about `n` bytes (at char boundaries), like model tokens.

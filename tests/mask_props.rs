@@ -7,7 +7,7 @@
 
 use modelgate::mask::codec::ResponseMasker;
 use modelgate::mask::detect::{Detector, BUILTIN};
-use modelgate::mask::replace::{Replacer, Style};
+use modelgate::mask::replace::Style;
 use modelgate::mask::stream::{MaskRules, StreamMasker};
 use proptest::prelude::*;
 use serde_json::Value;
@@ -67,13 +67,7 @@ fn rules() -> Arc<MaskRules> {
 fn build_rules() -> Arc<MaskRules> {
     let custom = vec![("EMPLOYEE_ID".to_string(), "EMP-[0-9]{6}".to_string())];
     let detector = Arc::new(Detector::new(&BUILTIN, &custom).unwrap());
-    let names = detector.names().to_vec();
-    let styles = vec![Style::Label; names.len()];
-    Arc::new(MaskRules {
-        replacer: Replacer::new(names, styles, None),
-        detector,
-        max_holdback: 16 * 1024,
-    })
+    Arc::new(MaskRules::uniform(detector, Style::Label, 16 * 1024))
 }
 
 /// A text and the PII values it contains.

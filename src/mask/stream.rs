@@ -13,7 +13,7 @@
 //! candidate longer than the bound (e.g. a huge PEM block) can hit it.
 
 use super::detect::Detector;
-use super::replace::Replacer;
+use super::replace::{Replacer, Style};
 use std::sync::Arc;
 
 /// The detectors and replacement rules of one policy, shared by its streams.
@@ -24,6 +24,19 @@ pub struct MaskRules {
 }
 
 impl MaskRules {
+    /// Rules giving every entity of `detector` the same (unkeyed) style; the
+    /// form benches, property tests and fuzz targets use. Policies build
+    /// theirs in `MaskEngine`, with per-entity styles and a hash key.
+    pub fn uniform(detector: Arc<Detector>, style: Style, max_holdback: usize) -> Self {
+        let names = detector.names().to_vec();
+        let styles = vec![style; names.len()];
+        MaskRules {
+            replacer: Replacer::new(names, styles, None),
+            detector,
+            max_holdback,
+        }
+    }
+
     pub fn entity_count(&self) -> usize {
         self.detector.names().len()
     }
