@@ -1,40 +1,64 @@
-//! Assembly: turns a validated [`Config`] into Pingora services on a server
-//! (the proxy, the admin listener, one health-check service per pool).
+//! Assembly: turns a validated [`Config`] into Pingora services (the proxy,
+//! the admin listener, one health-check service per pool). Building is split
+//! from adding so that everything that can fail does so before the server
+//! bootstraps (with `-u`, before it takes the old process's sockets).
 //! `main` and the demo both use it, so they cannot drift apart.
 
 use crate::admin::AdminApp;
 use crate::config::{Config, ConfigError};
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
+use crate::routing::pool::HealthService;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::server::Server;
 use pingora_core::services::listening::Service;
 use std::sync::Arc;
 
-/// Adds every service the configuration describes to `server`.
-pub fn add_services(server: &mut Server, config: &Config) -> Result<(), ConfigError> {
-    let metrics = Arc::new(Metrics::new());
-    let (gateway, health_services) = Gateway::build(config, metrics.clone())?;
-    let pools = gateway.pools();
+/// Everything the configuration describes, built and checked, not yet serving.
+pub struct Services {
+    gateway: Gateway,
+    health: Vec<HealthService>,
+    metrics: Arc<Metrics>,
+}
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        gateway,
-        "modelgate proxy",
-    );
-    for addr in &config.listen {
-        proxy.add_tcp(addr);
+impl Services {
+    /// Builds the gateway (resolving hosts, reading credential files,
+    /// compiling detectors) and its health checks.
+    pub fn build(config: &Config) -> Result<Services, ConfigError> {
+        let metrics = Arc::new(Metrics::new());
+        let (gateway, health) = Gateway::build(config, metrics.clone())?;
+        Ok(Services {
+            gateway,
+            health,
+            metrics,
+        })
     }
-    server.add_service(proxy);
 
-    if let Some(admin) = &config.admin {
-        let app = AdminApp::new(admin.token.as_ref().map(|t| t.0.as_str()), pools, metrics);
-        let mut service = Service::new("modelgate admin".to_string(), HttpServer::new_app(app));
-        service.add_tcp(&admin.listen);
-        server.add_service(service);
+    /// Adds the services to `server`.
+    pub fn add_to(self, server: &mut Server, config: &Config) {
+        let pools = self.gateway.pools();
+        let mut proxy = pingora_proxy::http_proxy_service_with_name(
+            &server.configuration,
+            self.gateway,
+            "modelgate proxy",
+        );
+        for addr in &config.listen {
+            proxy.add_tcp(addr);
+        }
+        server.add_service(proxy);
+
+        if let Some(admin) = &config.admin {
+            let app = AdminApp::new(
+                admin.token.as_ref().map(|t| t.0.as_str()),
+                pools,
+                self.metrics,
+            );
+            let mut service = Service::new("modelgate admin".to_string(), HttpServer::new_app(app));
+            service.add_tcp(&admin.listen);
+            server.add_service(service);
+        }
+        for hc in self.health {
+            server.add_service(hc);
+        }
     }
-    for hc in health_services {
-        server.add_service(hc);
-    }
-    Ok(())
 }

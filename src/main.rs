@@ -4,14 +4,14 @@
 //! config, server, bootstrap, services, run.
 
 use clap::{Parser, Subcommand};
+use modelgate::app::Services;
 use modelgate::config::{self, Config};
-use modelgate::{app, demo, gateway::Gateway, identity, metrics::Metrics};
+use modelgate::{demo, identity};
 use pingora_core::server::configuration::Opt;
 use pingora_core::server::Server;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -85,7 +85,7 @@ fn main() -> ExitCode {
             None => fail("no configuration file: use `modelgate -c FILE` (or `modelgate demo`)"),
             Some(path) if cli.test => test_config(&path),
             Some(path) => match load(&path) {
-                Ok(config) => run(&cli, &config, None),
+                Ok((config, services)) => run(&cli, &config, services, None),
                 Err(e) => fail(&format!("{e} in {}", path.display())),
             },
         },
@@ -98,11 +98,11 @@ fn fail(msg: &str) -> ExitCode {
 }
 
 /// Loads, validates, and builds everything that can fail without running:
-/// hosts resolve, credential files are readable.
-fn load(path: &Path) -> Result<Config, config::ConfigError> {
+/// hosts resolve, credential files are readable, detectors compile.
+fn load(path: &Path) -> Result<(Config, Services), config::ConfigError> {
     let config = config::load_file(path)?;
-    Gateway::build(&config, Arc::new(Metrics::new()))?;
-    Ok(config)
+    let services = Services::build(&config)?;
+    Ok((config, services))
 }
 
 fn test_config(path: &Path) -> ExitCode {
@@ -130,7 +130,7 @@ fn test_config(path: &Path) -> ExitCode {
 }
 
 /// Runs the gateway until shutdown (SIGTERM: graceful; SIGQUIT: graceful upgrade hand-off).
-fn run(cli: &Cli, config: &Config, demo_model: Option<&str>) -> ExitCode {
+fn run(cli: &Cli, config: &Config, services: Services, demo_model: Option<&str>) -> ExitCode {
     let conf = match config.server_conf() {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string()),
@@ -144,9 +144,7 @@ fn run(cli: &Cli, config: &Config, demo_model: Option<&str>) -> ExitCode {
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
-    if let Err(e) = app::add_services(&mut server, config) {
-        return fail(&e.to_string());
-    }
+    services.add_to(&mut server, config);
     if let Some(listen) = demo_model {
         server.add_service(demo::demo_service("demo-model", listen));
     }
@@ -167,7 +165,11 @@ fn run_demo(cli: &Cli, listen: &str, admin: &str, model: &str) -> ExitCode {
     println!(
         "\nmodelgate demo\n  gateway  http://{listen}   client key: demo-key\n  admin    http://{admin}   token: demo-admin-token\n  model    http://{model}   (built-in demo model; its answers contain PII)\n\nTry it (streaming):\n\n  curl -N http://{listen}/v1/chat/completions \\\n    -H 'Authorization: Bearer demo-key' -H 'Content-Type: application/json' \\\n    -d '{{\"model\":\"demo-model\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"How do I reach support?\"}}]}}'\n\n  curl -s http://{admin}/metrics -H 'Authorization: Bearer demo-admin-token' | grep modelgate_requests\n\nStop with Ctrl-C.\n"
     );
-    run(cli, &config, Some(model))
+    let services = match Services::build(&config) {
+        Ok(s) => s,
+        Err(e) => return fail(&format!("{e} in the embedded demo configuration")),
+    };
+    run(cli, &config, services, Some(model))
 }
 
 fn run_demo_model(listen: &str, name: &str, threads: usize) -> ExitCode {
