@@ -12,7 +12,7 @@ use crate::config::{Config, ConfigError};
 use crate::errors::ClientError;
 use crate::identity::ClientRegistry;
 use crate::mask::codec::ResponseMasker;
-use crate::mask::MaskEngine;
+use crate::mask::{MaskEngine, PolicyMasking};
 use crate::metrics::Metrics;
 use crate::routing::pool::HealthService;
 use crate::routing::{Router, UpstreamPool};
@@ -34,6 +34,8 @@ pub struct Gateway {
     max_body: usize,
     body_timeout: Duration,
     masks: MaskEngine,
+    /// Each route's masking rules, resolved from its policy once.
+    route_masking: Vec<PolicyMasking>,
 }
 
 impl Gateway {
@@ -52,8 +54,14 @@ impl Gateway {
         let names: Vec<String> = pools.iter().map(|p| p.name.clone()).collect();
         let router = Router::new(config, &names)?;
         let masks = MaskEngine::build(config)?;
+        let route_masking = router
+            .routes()
+            .iter()
+            .map(|r| masks.policy(&r.policy))
+            .collect();
         let gateway = Gateway {
             masks,
+            route_masking,
             clients: ClientRegistry::new(&config.clients),
             router,
             pools: Arc::new(pools),
@@ -218,8 +226,7 @@ impl ProxyHttp for Gateway {
                 return self.reject(session, ctx, err).await;
             }
         }
-        let route = self.router.get(ctx.route.expect("just set"));
-        ctx.masking = self.masks.policy(&route.policy);
+        ctx.masking = self.route_masking[ctx.route.expect("just set")].clone();
         if let Some(rules) = &ctx.masking.request {
             if !ctx.body.is_empty() && intake::is_json(session.req_header(), &ctx.body) {
                 let mut counts = vec![0; rules.entity_count()];

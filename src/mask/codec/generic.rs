@@ -9,6 +9,7 @@
 use super::fields::*;
 use crate::mask::stream::MaskRules;
 use serde_json::Value;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Seg {
@@ -22,8 +23,9 @@ const MAX_PATHS: usize = 64;
 #[derive(Default)]
 pub struct Generic {
     paths: Vec<Vec<Seg>>,
-    /// Per path, the last event that carried it (shape for synthesised events).
-    templates: Vec<Value>,
+    /// Per path, the last event that carried it (shape for synthesised
+    /// events); the paths of one event share one copy.
+    templates: Vec<Arc<Value>>,
 }
 
 fn key(path: usize) -> StreamKey {
@@ -69,8 +71,11 @@ impl Generic {
             rules,
             counts,
         );
-        for &p in &seen {
-            self.templates[p] = v.clone();
+        if !seen.is_empty() {
+            let template = Arc::new(v.clone());
+            for &p in &seen {
+                self.templates[p] = template.clone();
+            }
         }
         if terminal {
             self.flush(streams, rules, counts, |p| !seen.contains(&p))
@@ -110,7 +115,7 @@ impl Generic {
                     }
                     None => {
                         self.paths.push(path.clone());
-                        self.templates.push(Value::Null);
+                        self.templates.push(Arc::new(Value::Null));
                         self.paths.len() - 1
                     }
                 };
@@ -157,7 +162,7 @@ impl Generic {
         left.into_iter()
             .map(|(k, text)| {
                 let p = k.sub as usize;
-                let mut ev = self.templates[p].clone();
+                let mut ev = Value::clone(&self.templates[p]);
                 // Other streamed leaves are emptied so nothing is repeated.
                 for q in &self.paths {
                     if let Some(Value::String(s)) = at(&mut ev, q) {

@@ -36,7 +36,7 @@ pub struct SseCodec {
     framer: Framer,
     generic: Generic,
     streams: Streams,
-    /// `id`, `model`... of the last OpenAI chunk, for synthesised chunks.
+    /// `id`, `model`... of the first OpenAI chunk, for synthesised chunks.
     envelope: Option<Map<String, Value>>,
     anthropic: bool,
 }
@@ -136,11 +136,15 @@ impl SseCodec {
         match serde_json::from_slice::<Value>(&data) {
             Ok(Value::Object(mut obj)) => {
                 if obj.contains_key("choices") {
-                    let env: Map<String, Value> = openai::ENVELOPE
-                        .iter()
-                        .filter_map(|k| obj.get(*k).map(|v| (k.to_string(), v.clone())))
-                        .collect();
-                    self.envelope = Some(env);
+                    // For a synthesised final chunk; ids and model stay the
+                    // same through a stream, so the first chunk's serve.
+                    if self.envelope.is_none() {
+                        let env: Map<String, Value> = openai::ENVELOPE
+                            .iter()
+                            .filter_map(|k| obj.get(*k).map(|v| (k.to_string(), v.clone())))
+                            .collect();
+                        self.envelope = Some(env);
+                    }
                     openai::process(&mut obj, &mut self.streams, rules, counts, false);
                     write_event(out, &others, Some(&Value::Object(obj)));
                 } else if obj
