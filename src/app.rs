@@ -5,8 +5,9 @@
 //! `main` and the demo both use it, so they cannot drift apart.
 
 use crate::admin::AdminApp;
+use crate::audit::writer::AuditWriter;
 use crate::config::{Config, ConfigError};
-use crate::gateway::Gateway;
+use crate::gateway::{Built, Gateway};
 use crate::metrics::Metrics;
 use crate::routing::pool::HealthService;
 use pingora_core::apps::http_app::HttpServer;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 pub struct Services {
     gateway: Gateway,
     health: Vec<HealthService>,
+    audit_writer: Option<AuditWriter>,
     metrics: Arc<Metrics>,
 }
 
@@ -26,10 +28,15 @@ impl Services {
     /// compiling detectors) and its health checks.
     pub fn build(config: &Config) -> Result<Services, ConfigError> {
         let metrics = Arc::new(Metrics::new());
-        let (gateway, health) = Gateway::build(config, metrics.clone())?;
+        let Built {
+            gateway,
+            health,
+            audit_writer,
+        } = Gateway::build(config, metrics.clone())?;
         Ok(Services {
             gateway,
             health,
+            audit_writer,
             metrics,
         })
     }
@@ -59,6 +66,15 @@ impl Services {
         }
         for hc in self.health {
             server.add_service(hc);
+        }
+        match self.audit_writer {
+            Some(writer) => {
+                server.add_service(pingora_core::services::background::background_service(
+                    "modelgate audit writer",
+                    writer,
+                ));
+            }
+            None => log::warn!("audit is off: calls are not recorded (see `audit:` in the README)"),
         }
     }
 }

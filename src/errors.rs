@@ -105,6 +105,17 @@ impl ClientError {
         )
     }
 
+    /// The audit trail cannot take the call's record (queue full or sink
+    /// failing) and the operator chose to fail closed.
+    pub fn audit_unavailable() -> Self {
+        Self::new(
+            503,
+            "server_error",
+            Some("audit_unavailable"),
+            "The gateway cannot record this call right now; it was not forwarded. Retry later.",
+        )
+    }
+
     pub fn internal() -> Self {
         Self::new(500, "server_error", None, "Internal gateway error.")
     }

@@ -50,6 +50,14 @@ enum Command {
         /// Where the built-in demo model listens.
         #[arg(long, default_value = "127.0.0.1:8000")]
         model: String,
+        /// The audit file the demo writes.
+        #[arg(long, default_value = "/tmp/modelgate-demo/audit.jsonl")]
+        audit: String,
+    },
+    /// Audit trail tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
     },
     /// Print the SHA-256 of a client key, for `clients[].key_sha256`.
     /// Reads the key from standard input when not given.
@@ -66,16 +74,42 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of audit files (current and rotated, any order);
+    /// exits 1 at the first broken record.
+    Verify {
+        /// The files, e.g. /var/log/modelgate/audit*.jsonl
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Environment variable holding `audit.hmac_key`, for keyed chains.
+        #[arg(long)]
+        key_env: Option<String>,
+        /// File holding `audit.hmac_key` (trailing newline ignored).
+        #[arg(long, conflicts_with = "key_env")]
+        key_file: Option<PathBuf>,
+    },
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::HashKey { ref key }) => hash_key(key.clone()),
+        Some(Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    ref files,
+                    ref key_env,
+                    ref key_file,
+                },
+        }) => audit_verify(files, key_env.as_deref(), key_file.as_deref()),
         Some(Command::Demo {
             ref listen,
             ref admin,
             ref model,
-        }) => run_demo(&cli, listen, admin, model),
+            ref audit,
+        }) => run_demo(&cli, listen, admin, model, audit),
         Some(Command::DemoModel {
             ref listen,
             ref name,
@@ -151,11 +185,12 @@ fn run(cli: &Cli, config: &Config, services: Services, demo_model: Option<&str>)
     server.run_forever()
 }
 
-fn run_demo(cli: &Cli, listen: &str, admin: &str, model: &str) -> ExitCode {
+fn run_demo(cli: &Cli, listen: &str, admin: &str, model: &str, audit: &str) -> ExitCode {
     let env = |name: &str| match name {
         "MODELGATE_DEMO_LISTEN" => Some(listen.to_string()),
         "MODELGATE_DEMO_ADMIN" => Some(admin.to_string()),
         "MODELGATE_DEMO_MODEL" => Some(model.to_string()),
+        "MODELGATE_DEMO_AUDIT" => Some(audit.to_string()),
         _ => None,
     };
     let config = match config::load_str(include_str!("../conf/demo.yaml"), &env) {
@@ -163,7 +198,7 @@ fn run_demo(cli: &Cli, listen: &str, admin: &str, model: &str) -> ExitCode {
         Err(e) => return fail(&format!("{e} in the embedded demo configuration")),
     };
     println!(
-        "\nmodelgate demo\n  gateway  http://{listen}   client key: demo-key\n  admin    http://{admin}   token: demo-admin-token\n  model    http://{model}   (built-in demo model; its answers contain PII)\n\nTry it (streaming):\n\n  curl -N http://{listen}/v1/chat/completions \\\n    -H 'Authorization: Bearer demo-key' -H 'Content-Type: application/json' \\\n    -d '{{\"model\":\"demo-model\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"How do I reach support?\"}}]}}'\n\n  curl -s http://{admin}/metrics -H 'Authorization: Bearer demo-admin-token' | grep modelgate_requests\n\nStop with Ctrl-C.\n"
+        "\nmodelgate demo\n  gateway  http://{listen}   client key: demo-key\n  admin    http://{admin}   token: demo-admin-token\n  model    http://{model}   (built-in demo model; its answers contain PII)\n\nTry it (streaming):\n\n  curl -N http://{listen}/v1/chat/completions \\\n    -H 'Authorization: Bearer demo-key' -H 'Content-Type: application/json' \\\n    -d '{{\"model\":\"demo-model\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"How do I reach support?\"}}]}}'\n\n  curl -s http://{admin}/metrics -H 'Authorization: Bearer demo-admin-token' | grep modelgate_requests\n\nEvery call is recorded in {audit}; check its hash chain with\n\n  modelgate audit verify {audit}\n\nStop with Ctrl-C.\n"
     );
     let services = match Services::build(&config) {
         Ok(s) => s,
@@ -181,6 +216,36 @@ fn run_demo_model(listen: &str, name: &str, threads: usize) -> ExitCode {
     server.bootstrap();
     server.add_service(demo::demo_service(name, listen));
     server.run_forever()
+}
+
+fn audit_verify(files: &[PathBuf], key_env: Option<&str>, key_file: Option<&Path>) -> ExitCode {
+    use modelgate::audit::{chain::ChainKey, verify};
+    let key = match (key_env, key_file) {
+        (Some(var), _) => match std::env::var(var) {
+            Ok(k) if !k.is_empty() => Some(k.into_bytes()),
+            _ => return fail(&format!("--key-env: ${var} is not set")),
+        },
+        (_, Some(path)) => match std::fs::read(path) {
+            Ok(mut k) => {
+                while k.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    k.pop();
+                }
+                Some(k)
+            }
+            Err(e) => return fail(&format!("--key-file {}: {e}", path.display())),
+        },
+        _ => None,
+    };
+    match verify::verify(files, &ChainKey::new(key.as_deref())) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(broken) => {
+            println!("BROKEN: {broken}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn hash_key(key: Option<String>) -> ExitCode {

@@ -27,6 +27,16 @@ pub struct Metrics {
     pub masked: IntCounterVec,
     /// Times a stream's holdback bound forced held text out early.
     pub mask_holdback_overflows: IntCounter,
+    /// Audit records waiting for the writer.
+    pub audit_queue_depth: IntGauge,
+    /// Audit records written, by sink.
+    pub audit_written: IntCounterVec,
+    /// Audit records lost, by reason (`queue_full`, `sink_buffer_full`, ...).
+    pub audit_dropped: IntCounterVec,
+    /// Calls refused (503) because they could not be recorded.
+    pub audit_refused: IntCounter,
+    /// Failed sink writes, by sink (each retried).
+    pub audit_sink_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -82,6 +92,31 @@ impl Metrics {
             "Times the masking holdback bound forced held text out early",
         )
         .unwrap();
+        let audit_queue_depth =
+            IntGauge::new("audit_queue_depth", "Audit records waiting for the writer").unwrap();
+        let audit_written = IntCounterVec::new(
+            Opts::new("audit_written_total", "Audit records written, by sink"),
+            &["sink"],
+        )
+        .unwrap();
+        let audit_dropped = IntCounterVec::new(
+            Opts::new("audit_dropped_total", "Audit records lost, by reason"),
+            &["reason"],
+        )
+        .unwrap();
+        let audit_refused = IntCounter::new(
+            "audit_refused_total",
+            "Calls refused because they could not be recorded",
+        )
+        .unwrap();
+        let audit_sink_errors = IntCounterVec::new(
+            Opts::new(
+                "audit_sink_errors_total",
+                "Failed audit sink writes, by sink",
+            ),
+            &["sink"],
+        )
+        .unwrap();
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -91,6 +126,11 @@ impl Metrics {
             Box::new(upstream_host_healthy.clone()),
             Box::new(masked.clone()),
             Box::new(mask_holdback_overflows.clone()),
+            Box::new(audit_queue_depth.clone()),
+            Box::new(audit_written.clone()),
+            Box::new(audit_dropped.clone()),
+            Box::new(audit_refused.clone()),
+            Box::new(audit_sink_errors.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -104,6 +144,11 @@ impl Metrics {
             upstream_host_healthy,
             masked,
             mask_holdback_overflows,
+            audit_queue_depth,
+            audit_written,
+            audit_dropped,
+            audit_refused,
+            audit_sink_errors,
         }
     }
 

@@ -42,6 +42,116 @@ pub struct Config {
     /// Detector settings shared by all policies (custom entities, hash key, bounds).
     #[serde(default)]
     pub masking: MaskingConfig,
+    /// The audit trail: one hash-chained record per call. Absent: no audit
+    /// (the gateway warns at start-up).
+    #[serde(default)]
+    pub audit: Option<AuditConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Where records go; several at once. At least one.
+    pub sinks: Vec<SinkConfig>,
+    /// Records waiting for the writer, at most. Default 8192.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// What a call meets when its record cannot be queued: `fail_closed`
+    /// (default: 503), `block` (wait up to `block_timeout`, then 503) or
+    /// `drop` (serve it anyway; counted in `modelgate_audit_dropped_total`).
+    #[serde(default)]
+    pub on_full: OnFull,
+    /// Longest wait for queue space under `block`. Default `250ms`.
+    #[serde(default = "default_block_timeout", with = "humantime_serde")]
+    pub block_timeout: Duration,
+    /// Under `fail_closed` and `block`, a sink failing this long makes new
+    /// calls get 503 until it recovers. Default `5s`.
+    #[serde(default = "default_fail_closed_after", with = "humantime_serde")]
+    pub fail_closed_after: Duration,
+    /// How bodies are stored: `masked` (default: every entity replaced by its
+    /// label), `raw`, or `none` (no bodies, only metadata).
+    #[serde(default)]
+    pub bodies: BodyMode,
+    /// Longest request body and response text stored per record, in bytes;
+    /// longer ones are cut and marked `truncated`. Default 65536.
+    #[serde(default = "default_audit_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Keys the hash chain (HMAC-SHA256): without the key, nobody can rewrite
+    /// the chain consistently. Default: unkeyed SHA-256.
+    #[serde(default)]
+    pub hmac_key: Option<Secret>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFull {
+    #[default]
+    FailClosed,
+    Block,
+    Drop,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BodyMode {
+    #[default]
+    Masked,
+    Raw,
+    None,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SinkConfig {
+    /// JSON Lines files with rotation.
+    File(FileSinkConfig),
+    /// An Elasticsearch / OpenSearch `_bulk` endpoint.
+    Elasticsearch(ElasticSinkConfig),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// The current file, e.g. `/var/log/modelgate/audit.jsonl`. Rotated files
+    /// sit beside it as `audit.<first seq>.jsonl`.
+    pub path: String,
+    /// Rotate once the file reaches this size. Default 100 MiB; 0: never.
+    #[serde(default = "default_rotate_bytes")]
+    pub rotate_bytes: u64,
+    /// Rotate a file this old (e.g. `1d`). Default: never by age.
+    #[serde(default, with = "humantime_serde")]
+    pub rotate_interval: Option<Duration>,
+    /// Longest time written records may sit unsynced (`fsync`). Default
+    /// `1s`; `0s`: fsync after every batch.
+    #[serde(default = "default_fsync_interval", with = "humantime_serde")]
+    pub fsync_interval: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ElasticSinkConfig {
+    /// Base URL, `http://host:port` (the `_bulk` API is under it).
+    pub url: String,
+    /// Index the records go to. Default `modelgate-audit`.
+    #[serde(default = "default_audit_index")]
+    pub index: String,
+    /// Sent as `Authorization: ApiKey <api_key>` when set.
+    #[serde(default)]
+    pub api_key: Option<Secret>,
+    /// Records per `_bulk` request, at most. Default 500.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Longest a record waits for its batch to fill. Default `1s`.
+    #[serde(default = "default_flush_interval", with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Timeout of one `_bulk` request. Default `10s`.
+    #[serde(default = "default_sink_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Records held while the collector is unreachable. Default 100000;
+    /// beyond it the writer waits (and the queue fills), or under `drop`
+    /// the record is dropped for this sink.
+    #[serde(default = "default_max_buffer")]
+    pub max_buffer: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -285,6 +395,39 @@ impl fmt::Debug for Secret {
     }
 }
 
+fn default_queue_capacity() -> usize {
+    8192
+}
+fn default_block_timeout() -> Duration {
+    Duration::from_millis(250)
+}
+fn default_fail_closed_after() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_audit_body_bytes() -> usize {
+    64 * 1024
+}
+fn default_rotate_bytes() -> u64 {
+    100 * 1024 * 1024
+}
+fn default_fsync_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_audit_index() -> String {
+    "modelgate-audit".into()
+}
+fn default_batch_size() -> usize {
+    500
+}
+fn default_flush_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_sink_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_buffer() -> usize {
+    100_000
+}
 fn default_credential_header() -> String {
     "authorization".into()
 }

@@ -181,6 +181,81 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
         }
     }
     crate::mask::MaskEngine::build(c)?;
+    if let Some(audit) = &c.audit {
+        validate_audit(audit)?;
+    }
+    Ok(())
+}
+
+fn validate_audit(a: &super::AuditConfig) -> Result<(), ConfigError> {
+    use super::SinkConfig;
+    if a.sinks.is_empty() {
+        return Err(ConfigError::at(
+            "audit.sinks",
+            "at least one sink is required (e.g. `- {kind: file, path: /var/log/modelgate/audit.jsonl}`)",
+        ));
+    }
+    if a.queue_capacity == 0 {
+        return Err(ConfigError::at(
+            "audit.queue_capacity",
+            "must be greater than 0",
+        ));
+    }
+    if a.max_body_bytes == 0 {
+        return Err(ConfigError::at(
+            "audit.max_body_bytes",
+            "must be greater than 0 (use `bodies: none` to store no bodies)",
+        ));
+    }
+    if a.hmac_key.as_ref().is_some_and(|k| k.0.is_empty()) {
+        return Err(ConfigError::at(
+            "audit.hmac_key",
+            "is empty (set a key or remove the entry)",
+        ));
+    }
+    let mut paths = HashSet::new();
+    for (i, sink) in a.sinks.iter().enumerate() {
+        let at = format!("audit.sinks[{i}]");
+        match sink {
+            SinkConfig::File(f) => {
+                if f.path.trim().is_empty() {
+                    return Err(ConfigError::at(format!("{at}.path"), "must not be empty"));
+                }
+                if !paths
+                    .insert(std::path::absolute(&f.path).unwrap_or_else(|_| f.path.clone().into()))
+                {
+                    return Err(ConfigError::at(
+                        format!("{at}.path"),
+                        format!("`{}` is already used by another file sink", f.path),
+                    ));
+                }
+            }
+            SinkConfig::Elasticsearch(e) => {
+                crate::audit::elastic::parse_url(&e.url)
+                    .map_err(|m| ConfigError::at(format!("{at}.url"), m))?;
+                if e.index.is_empty()
+                    || e.index.starts_with(['_', '-', '+'])
+                    || e.index
+                        .bytes()
+                        .any(|b| b.is_ascii_uppercase() || b"\\/*?\"<>| ,#:".contains(&b))
+                {
+                    return Err(ConfigError::at(
+                        format!("{at}.index"),
+                        format!(
+                            "`{}` is not a valid index name (lowercase, no \\/*?\"<>| ,#:)",
+                            e.index
+                        ),
+                    ));
+                }
+                if e.batch_size == 0 || e.max_buffer < e.batch_size {
+                    return Err(ConfigError::at(
+                        format!("{at}.batch_size"),
+                        "must be greater than 0 and at most `max_buffer`",
+                    ));
+                }
+            }
+        }
+    }
     Ok(())
 }
 

@@ -1,5 +1,7 @@
 //! Per-request state carried across Pingora's hooks.
 
+use crate::audit::record::{Call, Capture, Decision, ErrorInfo};
+use crate::audit::Slot;
 use crate::identity::Client;
 use crate::mask::codec::ResponseMasker;
 use crate::mask::PolicyMasking;
@@ -7,13 +9,14 @@ use bytes::Bytes;
 use pingora_load_balancing::Backend;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 /// What one request has learned so far; created by `new_ctx`.
 pub struct RequestCtx {
     /// Returned to the client as `x-request-id` and sent upstream.
     pub request_id: String,
     pub started: Instant,
+    pub started_wall: SystemTime,
     /// Set once `request_filter` has counted this request as in flight.
     pub in_flight: bool,
     pub client: Option<Arc<Client>>,
@@ -35,6 +38,18 @@ pub struct RequestCtx {
     /// Per-entity counts of values masked in the request (indexed like the
     /// request rules' detector names).
     pub request_mask_counts: Vec<u32>,
+    /// Room on the audit queue for this call's final record.
+    pub audit_slot: Option<Slot>,
+    /// The call as recorded in its `begin` record (set when forwarded).
+    pub call: Option<Arc<Call>>,
+    /// The response bytes sent to the client, for the audit record.
+    pub capture: Option<Capture>,
+    /// Content type of the response sent to the client.
+    pub response_content_type: String,
+    /// Why the call was not forwarded (when it was not).
+    pub decision: Option<Decision>,
+    /// The error the call ended with, if any.
+    pub error: Option<ErrorInfo>,
 }
 
 impl RequestCtx {
@@ -42,6 +57,7 @@ impl RequestCtx {
         RequestCtx {
             request_id: next_request_id(),
             started: Instant::now(),
+            started_wall: SystemTime::now(),
             in_flight: false,
             client: None,
             route: None,
@@ -53,6 +69,12 @@ impl RequestCtx {
             masking: PolicyMasking::default(),
             masker: None,
             request_mask_counts: Vec::new(),
+            audit_slot: None,
+            call: None,
+            capture: None,
+            response_content_type: String::new(),
+            decision: None,
+            error: None,
         }
     }
 

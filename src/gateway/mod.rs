@@ -5,9 +5,13 @@
 
 mod context;
 pub mod intake;
+mod recording;
 
 pub use context::RequestCtx;
 
+use crate::audit::record::{Decision, Entry};
+use crate::audit::writer::AuditWriter;
+use crate::audit::Audit;
 use crate::config::{Config, ConfigError};
 use crate::errors::ClientError;
 use crate::identity::ClientRegistry;
@@ -36,6 +40,16 @@ pub struct Gateway {
     masks: MaskEngine,
     /// Each route's masking rules, resolved from its policy once.
     route_masking: Vec<PolicyMasking>,
+    /// Each route's name and pool name, as the audit records them.
+    route_labels: Vec<(Arc<str>, Arc<str>)>,
+    audit: Option<Audit>,
+}
+
+/// What `Gateway::build` makes: the gateway and the background services it needs.
+pub struct Built {
+    pub gateway: Gateway,
+    pub health: Vec<HealthService>,
+    pub audit_writer: Option<AuditWriter>,
 }
 
 impl Gateway {
@@ -43,7 +57,7 @@ impl Gateway {
     pub fn build(
         config: &Config,
         metrics: Arc<Metrics>,
-    ) -> std::result::Result<(Gateway, Vec<HealthService>), ConfigError> {
+    ) -> std::result::Result<Built, ConfigError> {
         let mut pools = Vec::new();
         let mut services = Vec::new();
         for (name, up) in &config.upstreams {
@@ -59,9 +73,28 @@ impl Gateway {
             .iter()
             .map(|r| masks.policy(&r.policy))
             .collect();
+        let route_labels = router
+            .routes()
+            .iter()
+            .map(|r| {
+                (
+                    Arc::from(r.name.as_str()),
+                    Arc::from(names[r.pool].as_str()),
+                )
+            })
+            .collect();
+        let (audit, audit_writer) = match &config.audit {
+            Some(cfg) => {
+                let (a, w) = Audit::build(cfg, &masks, metrics.clone())?;
+                (Some(a), Some(w))
+            }
+            None => (None, None),
+        };
         let gateway = Gateway {
             masks,
             route_masking,
+            route_labels,
+            audit,
             clients: ClientRegistry::new(&config.clients),
             router,
             pools: Arc::new(pools),
@@ -69,7 +102,11 @@ impl Gateway {
             max_body: config.limits.max_request_body_bytes,
             body_timeout: config.limits.client_body_timeout,
         };
-        Ok((gateway, services))
+        Ok(Built {
+            gateway,
+            health: services,
+            audit_writer,
+        })
     }
 
     /// The pools, shared with the admin service for `/readyz`.
@@ -121,7 +158,7 @@ impl Gateway {
     async fn reject(
         &self,
         session: &mut Session,
-        ctx: &RequestCtx,
+        ctx: &mut RequestCtx,
         err: ClientError,
     ) -> Result<bool> {
         if matches!(err.status, 400 | 401 | 408 | 413) {
@@ -129,8 +166,30 @@ impl Gateway {
             // draining it for keep-alive would bypass the body limits.
             session.set_keepalive(None);
         }
+        ctx.decision.get_or_insert_with(|| Decision {
+            action: "deny",
+            reason: Some(err.message.clone()),
+        });
+        ctx.error = Some(recording::error_info(&err, None));
         write_error(session, ctx, &err).await?;
         Ok(true)
+    }
+
+    /// Takes a slot on the audit queue; `Err` is the 503 to answer with.
+    async fn audit_slot(
+        &self,
+        ctx: &mut RequestCtx,
+    ) -> std::result::Result<Option<crate::audit::Slot>, ClientError> {
+        let Some(audit) = &self.audit else {
+            return Ok(None);
+        };
+        audit.slot().await.map_err(|r| {
+            ctx.decision = Some(Decision {
+                action: "refused",
+                reason: Some(r.as_str().into()),
+            });
+            ClientError::audit_unavailable()
+        })
     }
 }
 
@@ -196,6 +255,11 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         self.metrics.in_flight.inc();
         ctx.in_flight = true;
+        // Room for this call's final record, whatever happens next.
+        match self.audit_slot(ctx).await {
+            Ok(slot) => ctx.audit_slot = slot,
+            Err(err) => return self.reject(session, ctx, err).await,
+        }
 
         match self.clients.authenticate(&session.req_header().headers) {
             Ok(client) => ctx.client = Some(client),
@@ -237,6 +301,21 @@ impl ProxyHttp for Gateway {
                 ctx.request_mask_counts = counts;
             }
         }
+        // Not forwarded without a `begin` record queued (under `drop`, at
+        // least counted).
+        let call = recording::call(ctx, session.req_header(), &self.route_labels);
+        match self.audit_slot(ctx).await {
+            Ok(slot) => {
+                if let Some(slot) = slot {
+                    slot.send(Entry::Begin(call.clone()));
+                }
+            }
+            Err(err) => return self.reject(session, ctx, err).await,
+        }
+        if let Some(audit) = &self.audit {
+            ctx.capture = Some(crate::audit::record::Capture::new(audit.capture_limit));
+        }
+        ctx.call = Some(call);
         Ok(false)
     }
 
@@ -324,6 +403,14 @@ impl ProxyHttp for Gateway {
                 .observe(now.duration_since(ctx.started).as_secs_f64());
         }
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if ctx.capture.is_some() {
+            ctx.response_content_type = resp
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+        }
         if let Some(rules) = &ctx.masking.response {
             let encoded = resp
                 .headers
@@ -380,16 +467,18 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        let Some(masker) = ctx.masker.as_mut() else {
-            return Ok(None);
-        };
-        let chunk = body.take().unwrap_or_default();
-        let mut out = Vec::with_capacity(chunk.len() + 64);
-        if let Err(e) = masker.feed(&chunk, end_of_stream, &mut out) {
-            // Abort rather than send text that could not be masked.
-            return Error::e_explain(ErrorType::InternalError, e.to_string());
+        if let Some(masker) = ctx.masker.as_mut() {
+            let chunk = body.take().unwrap_or_default();
+            let mut out = Vec::with_capacity(chunk.len() + 64);
+            if let Err(e) = masker.feed(&chunk, end_of_stream, &mut out) {
+                // Abort rather than send text that could not be masked.
+                return Error::e_explain(ErrorType::InternalError, e.to_string());
+            }
+            *body = (!out.is_empty()).then(|| Bytes::from(out));
         }
-        *body = (!out.is_empty()).then(|| Bytes::from(out));
+        if let (Some(capture), Some(b)) = (ctx.capture.as_mut(), body.as_ref()) {
+            capture.push(b);
+        }
         Ok(None)
     }
 
@@ -447,7 +536,12 @@ impl ProxyHttp for Gateway {
     ) -> FailToProxy {
         // The full error (which may name a peer address) goes to the log only.
         log::warn!("request {} failed: {e}", ctx.request_id);
-        let Some(err) = client_error_for(e) else {
+        let client_err = client_error_for(e);
+        ctx.error = Some(match &client_err {
+            Some(ce) => recording::error_info(ce, Some(e)),
+            None => recording::proxy_error_info(e),
+        });
+        let Some(err) = client_err else {
             return FailToProxy {
                 error_code: 0,
                 can_reuse_downstream: false,
@@ -472,7 +566,7 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         if ctx.in_flight {
             self.metrics.in_flight.dec();
         }
@@ -489,6 +583,15 @@ impl ProxyHttp for Gateway {
             .with_label_values(&[route])
             .observe(ctx.started.elapsed().as_secs_f64());
         self.record_mask_counts(ctx);
+        if let Some(slot) = ctx.audit_slot.take() {
+            let call = match ctx.call.clone() {
+                Some(call) => call,
+                None => recording::call(ctx, session.req_header(), &self.route_labels),
+            };
+            let audit_rules = self.masks.audit_rules().entity_count();
+            let outcome = recording::outcome(ctx, status, e, audit_rules);
+            slot.send(Entry::End(call, Box::new(outcome)));
+        }
     }
 }
 

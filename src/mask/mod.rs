@@ -27,6 +27,8 @@ pub struct PolicyMasking {
 /// Masking rules for every policy, compiled once.
 pub struct MaskEngine {
     policies: HashMap<String, PolicyMasking>,
+    /// Every entity, label style: what the audit trail stores bodies with.
+    audit: Arc<MaskRules>,
     /// Largest JSON response buffered for masking.
     pub max_json_body: usize,
 }
@@ -127,10 +129,31 @@ impl MaskEngine {
             let request = build(&p.mask.request, "request")?;
             policies.insert(name.clone(), PolicyMasking { response, request });
         }
+        let all = resolve(&EntitySet::Keyword("all".into()), &custom).expect("`all` resolves");
+        let audit_detector = match detectors.get(&all) {
+            Some(d) => d.clone(),
+            None => {
+                let builtins: Vec<&str> = BUILTIN.to_vec();
+                Arc::new(
+                    Detector::new(&builtins, &custom)
+                        .map_err(|e| ConfigError::at("masking.custom", e))?,
+                )
+            }
+        };
         Ok(MaskEngine {
+            audit: Arc::new(MaskRules::uniform(
+                audit_detector,
+                Style::Label,
+                m.max_holdback_bytes,
+            )),
             policies,
             max_json_body: m.max_json_body_bytes,
         })
+    }
+
+    /// Rules masking every entity with its label (for stored audit bodies).
+    pub fn audit_rules(&self) -> Arc<MaskRules> {
+        self.audit.clone()
     }
 
     /// The masking of policy `name` (validated to exist at config load).

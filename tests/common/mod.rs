@@ -124,7 +124,7 @@ impl Gateway {
         let addr = format!("127.0.0.1:{}", free_port());
         let admin = format!("127.0.0.1:{}", free_port());
         let config = format!(
-            "server:\n  threads: 2\n  pid_file: {d}/modelgate.pid\n  upgrade_sock: {d}/upgrade.sock\nlisten: [\"{addr}\"]\nadmin: {{listen: \"{admin}\", token: \"{ADMIN_TOKEN}\"}}\n{clients}{body}",
+            "server:\n  threads: 2\n  pid_file: {d}/modelgate.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 2\nlisten: [\"{addr}\"]\nadmin: {{listen: \"{admin}\", token: \"{ADMIN_TOKEN}\"}}\n{clients}{body}",
             d = dir.path().display(),
             clients = clients_yaml(),
         );
@@ -189,6 +189,27 @@ impl Gateway {
 
     pub fn is_running(&mut self) -> bool {
         self.proc.0.try_wait().unwrap().is_none()
+    }
+
+    /// `kill -9`: no chance to flush or drain.
+    pub fn kill9(&mut self) {
+        self.proc.0.kill().unwrap();
+        self.proc.0.wait().unwrap();
+    }
+
+    /// SIGTERM (graceful shutdown) and wait for the process to exit.
+    pub fn terminate(&mut self) {
+        let pid = self.proc.0.id().to_string();
+        let ok = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(ok.success());
+        let start = Instant::now();
+        while self.is_running() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "gateway did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

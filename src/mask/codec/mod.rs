@@ -15,7 +15,7 @@ mod frames;
 mod generic;
 mod ndjson;
 mod openai;
-mod sse;
+pub(crate) mod sse;
 
 use super::stream::{MaskRules, StreamMasker};
 use serde_json::Value;

@@ -13,7 +13,7 @@ use crate::mask::stream::MaskRules;
 use serde_json::{Map, Value};
 
 /// Anthropic Messages event types (others with a `type` are generic).
-const ANTHROPIC_TYPES: [&str; 8] = [
+pub const ANTHROPIC_TYPES: [&str; 8] = [
     "message_start",
     "content_block_start",
     "content_block_delta",

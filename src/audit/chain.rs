@@ -1,0 +1,201 @@
+//! The hash chain: how a record becomes a sealed line, and how a line is
+//! read back. A sealed line is one JSON object on one line:
+//!
+//! ```text
+//! {"seq":7,"prev":"<hash of record 6>", ...record fields... ,"hash":"<hash>"}
+//! ```
+//!
+//! `hash` is SHA-256 (or HMAC-SHA256 with the configured key) over the line's
+//! bytes without the `,"hash":"..."` suffix, i.e. over `{"seq":7,...}`. Since
+//! `prev` is inside the hashed bytes, editing, deleting or reordering a record
+//! breaks the link to the next one. The suffix has a fixed length, so a
+//! verifier strips it textually: no JSON canonicalisation is involved.
+
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// `prev` of the first record of a chain.
+pub const GENESIS: [u8; 32] = [0; 32];
+
+/// `,"hash":"` + 64 hex digits + `"}`.
+const SUFFIX_LEN: usize = 9 + 64 + 2;
+
+/// How record hashes are computed.
+#[derive(Clone)]
+pub enum ChainKey {
+    Sha256,
+    Hmac(Vec<u8>),
+}
+
+impl ChainKey {
+    pub fn new(hmac_key: Option<&[u8]>) -> Self {
+        match hmac_key {
+            Some(k) => ChainKey::Hmac(k.to_vec()),
+            None => ChainKey::Sha256,
+        }
+    }
+
+    pub fn digest(&self, bytes: &[u8]) -> [u8; 32] {
+        match self {
+            ChainKey::Sha256 => Sha256::digest(bytes).into(),
+            ChainKey::Hmac(key) => {
+                let mut mac =
+                    Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
+                mac.update(bytes);
+                mac.finalize().into_bytes().into()
+            }
+        }
+    }
+}
+
+/// The writer's end of the chain: the last record's sequence number and hash.
+pub struct Chain {
+    key: ChainKey,
+    /// Sequence number of the last sealed record (0: none yet).
+    pub seq: u64,
+    /// Hash of the last sealed record (`GENESIS`: none yet).
+    pub head: [u8; 32],
+}
+
+impl Chain {
+    pub fn new(key: ChainKey, seq: u64, head: [u8; 32]) -> Self {
+        Chain { key, seq, head }
+    }
+
+    /// Appends to `out` one sealed line (ending in `\n`) for `object`, the
+    /// JSON of a record (an object, without `seq`/`prev`/`hash`). Returns
+    /// the record's hash.
+    pub fn seal(&mut self, object: &[u8], out: &mut Vec<u8>) -> [u8; 32] {
+        debug_assert!(object.first() == Some(&b'{') && object.last() == Some(&b'}'));
+        let start = out.len();
+        self.seq += 1;
+        out.extend_from_slice(b"{\"seq\":");
+        out.extend_from_slice(itoa::Buffer::new().format(self.seq).as_bytes());
+        out.extend_from_slice(b",\"prev\":\"");
+        push_hex(out, &self.head);
+        out.push(b'"');
+        if object.len() > 2 {
+            out.push(b',');
+            out.extend_from_slice(&object[1..]);
+        } else {
+            out.push(b'}');
+        }
+        let hash = self.key.digest(&out[start..]);
+        out.pop();
+        out.extend_from_slice(b",\"hash\":\"");
+        push_hex(out, &hash);
+        out.extend_from_slice(b"\"}\n");
+        self.head = hash;
+        hash
+    }
+}
+
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8; 32]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(HEX[(b >> 4) as usize]);
+        out.push(HEX[(b & 15) as usize]);
+    }
+}
+
+/// The fields of a sealed line that the chain and the verifier look at.
+#[derive(Debug, Deserialize)]
+pub struct Head {
+    pub seq: u64,
+    pub prev: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+/// A sealed line, split into its parts.
+#[derive(Debug)]
+pub struct Sealed {
+    pub head: Head,
+    pub prev: [u8; 32],
+    pub hash: [u8; 32],
+}
+
+/// Reads a sealed line (without its `\n`); `Err` says why it is not one.
+pub fn open(line: &[u8]) -> Result<Sealed, String> {
+    if line.len() < SUFFIX_LEN + 2 || !line.ends_with(b"\"}") {
+        return Err("not a sealed record (no trailing hash)".into());
+    }
+    let cut = line.len() - SUFFIX_LEN;
+    if !line[cut..].starts_with(b",\"hash\":\"") {
+        return Err("not a sealed record (no trailing hash)".into());
+    }
+    let hash = parse_hex(&line[cut + 9..cut + 9 + 64]).ok_or("hash is not 64 hex digits")?;
+    let head: Head = serde_json::from_slice(line).map_err(|e| format!("not valid JSON ({e})"))?;
+    let prev = parse_hex(head.prev.as_bytes()).ok_or("prev is not 64 hex digits")?;
+    Ok(Sealed { head, prev, hash })
+}
+
+/// The bytes a sealed line's hash covers.
+pub fn hashed_part(line: &[u8]) -> Vec<u8> {
+    let cut = line.len().saturating_sub(SUFFIX_LEN);
+    let mut body = Vec::with_capacity(cut + 1);
+    body.extend_from_slice(&line[..cut]);
+    body.push(b'}');
+    body
+}
+
+fn parse_hex(s: &[u8]) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s, &mut out).ok()?;
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_lines_open_and_link() {
+        let mut chain = Chain::new(ChainKey::Sha256, 0, GENESIS);
+        let mut out = Vec::new();
+        let h1 = chain.seal(br#"{"kind":"start"}"#, &mut out);
+        let h2 = chain.seal(br#"{"kind":"call","id":"x"}"#, &mut out);
+        let lines: Vec<&[u8]> = out
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        let a = open(lines[0]).unwrap();
+        let b = open(lines[1]).unwrap();
+        assert_eq!((a.head.seq, a.prev, a.hash), (1, GENESIS, h1));
+        assert_eq!((b.head.seq, b.prev, b.hash), (2, h1, h2));
+        assert_eq!(b.head.id.as_deref(), Some("x"));
+        assert_eq!(ChainKey::Sha256.digest(&hashed_part(lines[1])), h2);
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(text.starts_with("{\"seq\":1,\"prev\":\"0000"), "{text}");
+    }
+
+    #[test]
+    fn hmac_chain_differs_and_checks() {
+        let mut plain = Chain::new(ChainKey::Sha256, 0, GENESIS);
+        let key = ChainKey::new(Some(b"secret"));
+        let mut keyed = Chain::new(key.clone(), 0, GENESIS);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let ha = plain.seal(b"{}", &mut a);
+        let hb = keyed.seal(b"{}", &mut b);
+        assert_ne!(ha, hb);
+        let line = &b[..b.len() - 1];
+        assert_eq!(key.digest(&hashed_part(line)), hb);
+    }
+
+    #[test]
+    fn garbage_is_not_a_sealed_line() {
+        assert!(open(b"").is_err());
+        assert!(open(b"{\"seq\":1").is_err());
+        let mut chain = Chain::new(ChainKey::Sha256, 0, GENESIS);
+        let mut out = Vec::new();
+        chain.seal(b"{}", &mut out);
+        let line = &out[..out.len() - 1];
+        for cut in 0..line.len() {
+            assert!(open(&line[..cut]).is_err(), "prefix of {cut} bytes opened");
+        }
+    }
+}

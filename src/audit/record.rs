@@ -1,0 +1,410 @@
+//! What an audit record holds, in two halves: the cheap in-memory form the
+//! proxy fills and queues ([`Call`], [`Outcome`], [`Capture`]) and the JSON
+//! the writer encodes from it, off the request path ([`Encoder`]): response
+//! text reassembled from the captured stream, bodies masked and capped.
+
+use super::reassemble::{reassemble, Reassembled};
+use crate::config::BodyMode;
+use crate::identity::Client;
+use crate::mask::stream::MaskRules;
+use bytes::Bytes;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// A call as known when the gateway decides to forward it; shared by its
+/// `begin` and `call` records.
+pub struct Call {
+    pub id: String,
+    pub started: SystemTime,
+    pub client: Option<Arc<Client>>,
+    pub method: String,
+    pub path: String,
+    pub route: Option<Arc<str>>,
+    pub pool: Option<Arc<str>>,
+    pub model: Option<String>,
+    /// The request body as forwarded (already masked when the route masks prompts).
+    pub request_body: Bytes,
+}
+
+/// The policy decision taken on a call.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Decision {
+    /// `allow`, `deny` or `refused` (not forwarded for a gateway reason).
+    pub action: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// An error the call ended with.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorInfo {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub code: Option<&'static str>,
+    pub message: String,
+    /// The internal error (may name hosts): for the audit trail and logs only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Per-entity mask counts and the rules they index into.
+#[derive(Default)]
+pub struct Masks {
+    pub rules: Option<Arc<MaskRules>>,
+    pub counts: Vec<u32>,
+}
+
+/// How a call ended.
+pub struct Outcome {
+    pub host: Option<String>,
+    pub status: u16,
+    pub content_type: String,
+    pub response: Capture,
+    pub ttfb: Option<Duration>,
+    pub duration: Duration,
+    pub decision: Decision,
+    pub error: Option<ErrorInfo>,
+    pub request_masks: Masks,
+    pub response_masks: Masks,
+    /// The response was masked with every entity the audit masks.
+    pub response_fully_masked: bool,
+}
+
+/// One queued record.
+pub enum Entry {
+    /// Queued before the call is forwarded.
+    Begin(Arc<Call>),
+    /// Queued when the call is over (forwarded or not).
+    End(Arc<Call>, Box<Outcome>),
+}
+
+/// Bytes of a stream's end kept once the capture is full (for usage and
+/// finish reason, which come last).
+const TAIL: usize = 16 * 1024;
+
+/// The response bytes sent to the client: the first `limit` bytes, and the
+/// last bytes once that overflows. One copy per chunk, no parsing: the
+/// writer reassembles the text.
+#[derive(Default)]
+pub struct Capture {
+    head: Vec<u8>,
+    tail: Vec<u8>,
+    limit: usize,
+    total: u64,
+}
+
+impl Capture {
+    pub fn new(limit: usize) -> Self {
+        Capture {
+            limit,
+            ..Default::default()
+        }
+    }
+
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.total += chunk.len() as u64;
+        let room = self.limit - self.head.len();
+        if chunk.len() <= room {
+            self.head.extend_from_slice(chunk);
+            return;
+        }
+        self.head.extend_from_slice(&chunk[..room]);
+        self.tail.extend_from_slice(&chunk[room..]);
+        if self.tail.len() > 2 * TAIL {
+            self.tail.drain(..self.tail.len() - TAIL);
+        }
+    }
+
+    /// Bytes sent in all.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    pub fn overflowed(&self) -> bool {
+        self.total > self.head.len() as u64
+    }
+}
+
+/// Encodes records as JSON objects (before sealing), masking and capping
+/// bodies as configured.
+pub struct Encoder {
+    pub bodies: BodyMode,
+    pub max_body: usize,
+    /// Every entity, label style: what `bodies: masked` applies.
+    pub rules: Arc<MaskRules>,
+}
+
+/// Text beyond the cap that is masked too, so that an entity straddling the
+/// cut is masked whole before it is cut (longer than any built-in entity).
+const MASK_MARGIN: usize = 16 * 1024;
+
+#[derive(Serialize)]
+struct ClientJson<'a> {
+    name: &'a str,
+    groups: &'a [String],
+}
+
+#[derive(Serialize)]
+struct Common<'a> {
+    kind: &'static str,
+    id: &'a str,
+    ts: String,
+    client: Option<ClientJson<'a>>,
+    method: &'a str,
+    path: &'a str,
+    route: Option<&'a str>,
+    pool: Option<&'a str>,
+    model: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct BodyJson {
+    bytes: u64,
+    stored: &'static str,
+    truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ResponseJson<'a> {
+    bytes: u64,
+    content_type: &'a str,
+    stored: &'static str,
+    truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refusal: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<super::reassemble::ToolCall>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    more_choices: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct BeginJson<'a> {
+    #[serde(flatten)]
+    common: Common<'a>,
+    request: BodyJson,
+}
+
+#[derive(Serialize)]
+struct EndJson<'a> {
+    #[serde(flatten)]
+    common: Common<'a>,
+    host: Option<&'a str>,
+    status: u16,
+    decision: &'a Decision,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a ErrorInfo>,
+    ttfb_ms: Option<f64>,
+    duration_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<&'a super::reassemble::Usage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finish_reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_model: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system_fingerprint: Option<&'a str>,
+    masked: MaskedJson<'a>,
+    request: BodyJson,
+    response: ResponseJson<'a>,
+}
+
+#[derive(Serialize)]
+struct MaskedJson<'a> {
+    request: BTreeMap<&'a str, u32>,
+    response: BTreeMap<&'a str, u32>,
+}
+
+impl Encoder {
+    fn common<'a>(&self, kind: &'static str, c: &'a Call) -> Common<'a> {
+        Common {
+            kind,
+            id: &c.id,
+            ts: humantime::format_rfc3339_millis(c.started).to_string(),
+            client: c.client.as_deref().map(|cl| ClientJson {
+                name: &cl.name,
+                groups: &cl.groups,
+            }),
+            method: &c.method,
+            path: &c.path,
+            route: c.route.as_deref(),
+            pool: c.pool.as_deref(),
+            model: c.model.as_deref(),
+        }
+    }
+
+    pub fn begin(&self, call: &Call, out: &mut Vec<u8>) {
+        let rec = BeginJson {
+            common: self.common("begin", call),
+            request: self.request(call),
+        };
+        serde_json::to_writer(out, &rec).expect("records serialise");
+    }
+
+    pub fn end(&self, call: &Call, o: &Outcome, out: &mut Vec<u8>) {
+        let r = if self.bodies == BodyMode::None && o.response.tail.is_empty() {
+            // Usage and metadata still come from the body.
+            reassemble(&o.content_type, &o.response.head, &[])
+        } else {
+            reassemble(&o.content_type, &o.response.head, &o.response.tail)
+        };
+        let rec = EndJson {
+            common: self.common("call", call),
+            host: o.host.as_deref(),
+            status: o.status,
+            decision: &o.decision,
+            error: o.error.as_ref(),
+            ttfb_ms: o.ttfb.map(millis),
+            duration_ms: millis(o.duration),
+            usage: r.usage.as_ref(),
+            finish_reason: r.finish_reason.as_deref(),
+            upstream_model: r.model.as_deref(),
+            system_fingerprint: r.system_fingerprint.as_deref(),
+            masked: MaskedJson {
+                request: counts(&o.request_masks),
+                response: counts(&o.response_masks),
+            },
+            request: self.request(call),
+            response: self.response(o, &r),
+        };
+        serde_json::to_writer(out, &rec).expect("records serialise");
+    }
+
+    fn stored(&self) -> &'static str {
+        match self.bodies {
+            BodyMode::Masked => "masked",
+            BodyMode::Raw => "raw",
+            BodyMode::None => "none",
+        }
+    }
+
+    fn request(&self, call: &Call) -> BodyJson {
+        let raw = &call.request_body;
+        let (body, truncated) = match self.bodies {
+            BodyMode::None => (None, false),
+            _ => {
+                let text =
+                    String::from_utf8_lossy(&raw[..raw.len().min(self.max_body + MASK_MARGIN)]);
+                let (t, cut) = self.store(&text, raw.len() > self.max_body, true);
+                (Some(t), cut)
+            }
+        };
+        BodyJson {
+            bytes: raw.len() as u64,
+            stored: self.stored(),
+            truncated,
+            body,
+        }
+    }
+
+    fn response<'a>(&self, o: &'a Outcome, r: &Reassembled) -> ResponseJson<'a> {
+        let mask = !o.response_fully_masked;
+        let mut truncated = o.response.overflowed();
+        let mut field = |s: &str| -> Option<String> {
+            if self.bodies == BodyMode::None || s.is_empty() {
+                return None;
+            }
+            let (t, cut) = self.store(s, false, mask);
+            truncated |= cut;
+            Some(t)
+        };
+        let text = field(&r.text).or_else(|| (self.bodies != BodyMode::None).then(String::new));
+        let reasoning = field(&r.reasoning);
+        let refusal = field(&r.refusal);
+        let more_choices = r.more_choices.iter().filter_map(|c| field(c)).collect();
+        let tool_calls = if self.bodies == BodyMode::None {
+            Vec::new()
+        } else {
+            r.tool_calls
+                .iter()
+                .map(|t| super::reassemble::ToolCall {
+                    name: t.name.clone(),
+                    arguments: field(&t.arguments).unwrap_or_default(),
+                })
+                .collect()
+        };
+        ResponseJson {
+            bytes: o.response.total(),
+            content_type: &o.content_type,
+            stored: self.stored(),
+            truncated,
+            text,
+            reasoning,
+            refusal,
+            tool_calls,
+            more_choices,
+        }
+    }
+
+    /// `text` masked (under `bodies: masked`, when `mask`) and cut to the
+    /// cap; also says whether it was cut.
+    fn store(&self, text: &str, already_cut: bool, mask: bool) -> (String, bool) {
+        let end = floor_char(text, text.len().min(self.max_body + MASK_MARGIN));
+        let text = &text[..end];
+        let mut s = if self.bodies == BodyMode::Masked && mask {
+            let mut sink = vec![0; self.rules.entity_count()];
+            self.rules.mask_all(text, &mut sink)
+        } else {
+            text.to_string()
+        };
+        let cut = s.len() > self.max_body;
+        if cut {
+            s.truncate(floor_char(&s, self.max_body));
+        }
+        (s, cut || already_cut)
+    }
+}
+
+fn floor_char(s: &str, mut i: usize) -> usize {
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn counts(m: &Masks) -> BTreeMap<&str, u32> {
+    let Some(rules) = &m.rules else {
+        return BTreeMap::new();
+    };
+    rules
+        .detector
+        .names()
+        .iter()
+        .zip(&m.counts)
+        .filter(|(_, n)| **n > 0)
+        .map(|(name, n)| (name.as_str(), *n))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_keeps_head_and_tail() {
+        let mut c = Capture::new(10);
+        c.push(b"0123456");
+        c.push(b"789abc");
+        assert_eq!(c.head, b"0123456789");
+        assert_eq!(c.tail, b"abc");
+        assert!(c.overflowed());
+        for _ in 0..5000 {
+            c.push(b"0123456789abcdef");
+        }
+        assert!(c.tail.len() <= 2 * TAIL);
+        assert!(c.tail.ends_with(b"0123456789abcdef"));
+        assert_eq!(c.total(), 13 + 5000 * 16);
+    }
+}

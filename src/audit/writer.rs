@@ -1,0 +1,411 @@
+//! The audit writer, a Pingora background service: drains the queue in
+//! batches, encodes and seals each record, appends the batch to every file
+//! sink (retrying a failing one, which fills the queue: back-pressure) and
+//! feeds the HTTP sinks. It owns the chain, so records are sealed in one
+//! order. It writes a `start` record when it starts (after taking each
+//! file's lock: during a graceful upgrade the old process writes until it
+//! exits) and a `shutdown` record when it stops, after draining the queue.
+
+use super::chain::{Chain, ChainKey};
+use super::elastic::{Doc, ElasticSink};
+use super::file::FileSink;
+use super::record::{Encoder, Entry};
+use super::SinkHealth;
+use crate::config::{AuditConfig, ConfigError, FileSinkConfig, OnFull, SinkConfig};
+use crate::mask::MaskEngine;
+use crate::metrics::Metrics;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use serde_json::json;
+use std::fs::{File, OpenOptions};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+
+/// Records taken from the queue per batch, at most.
+const BATCH: usize = 512;
+/// How often the writer wakes to fsync when idle.
+const TICK: Duration = Duration::from_millis(100);
+
+pub struct AuditWriter {
+    state: Mutex<Option<State>>,
+}
+
+/// A file sink before the writer takes its lock and opens it.
+struct FileSpec {
+    cfg: FileSinkConfig,
+    health: usize,
+}
+
+struct State {
+    rx: mpsc::Receiver<Entry>,
+    key: ChainKey,
+    encoder: Encoder,
+    specs: Vec<FileSpec>,
+    elastic: Vec<ElasticSink>,
+    on_full: OnFull,
+    health: Arc<[SinkHealth]>,
+    metrics: Arc<Metrics>,
+    /// Set once the files are locked and open.
+    live: Option<Live>,
+}
+
+struct Live {
+    chain: Chain,
+    files: Vec<(FileSink, usize, File)>,
+    feeds: Vec<(mpsc::Sender<Doc>, usize)>,
+    buf: Vec<u8>,
+    object: Vec<u8>,
+    docs: Vec<(usize, usize, [u8; 32])>,
+    draining: bool,
+}
+
+impl AuditWriter {
+    pub fn build(
+        cfg: &AuditConfig,
+        masks: &MaskEngine,
+        rx: mpsc::Receiver<Entry>,
+        health: Arc<[SinkHealth]>,
+        metrics: Arc<Metrics>,
+    ) -> Result<AuditWriter, ConfigError> {
+        let mut specs = Vec::new();
+        let mut elastic = Vec::new();
+        for (i, sink) in cfg.sinks.iter().enumerate() {
+            match sink {
+                SinkConfig::File(f) => {
+                    check_writable(f).map_err(|e| {
+                        ConfigError::at(
+                            format!("audit.sinks[{i}].path"),
+                            format!("cannot open `{}` for appending: {e}", f.path),
+                        )
+                    })?;
+                    specs.push(FileSpec {
+                        cfg: FileSinkConfig {
+                            path: f.path.clone(),
+                            rotate_bytes: f.rotate_bytes,
+                            rotate_interval: f.rotate_interval,
+                            fsync_interval: f.fsync_interval,
+                        },
+                        health: i,
+                    });
+                }
+                SinkConfig::Elasticsearch(e) => {
+                    let sink = ElasticSink::new(e, health.clone(), i, metrics.clone())
+                        .map_err(|m| ConfigError::at(format!("audit.sinks[{i}].url"), m))?;
+                    elastic.push(sink);
+                }
+            }
+        }
+        let encoder = Encoder {
+            bodies: cfg.bodies,
+            max_body: cfg.max_body_bytes,
+            rules: masks.audit_rules(),
+        };
+        let key = ChainKey::new(cfg.hmac_key.as_ref().map(|k| k.0.as_bytes()));
+        Ok(AuditWriter {
+            state: Mutex::new(Some(State {
+                rx,
+                key,
+                encoder,
+                specs,
+                elastic,
+                on_full: cfg.on_full,
+                health,
+                metrics,
+                live: None,
+            })),
+        })
+    }
+}
+
+fn check_writable(f: &FileSinkConfig) -> std::io::Result<()> {
+    let path = std::path::Path::new(&f.path);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    OpenOptions::new().append(true).create(true).open(path)?;
+    Ok(())
+}
+
+#[async_trait]
+impl BackgroundService for AuditWriter {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(mut state) = self.state.lock().expect("not poisoned").take() else {
+            return;
+        };
+        if let Err(e) = state.go_live().await {
+            // Nothing can be written: the queue fills and, failing closed,
+            // calls are refused. Say so loudly.
+            log::error!("audit: the writer cannot start: {e}");
+            for h in state.health.iter() {
+                h.failed();
+            }
+            return;
+        }
+        let mut entries = Vec::with_capacity(BATCH);
+        loop {
+            tokio::select! {
+                n = state.rx.recv_many(&mut entries, BATCH) => {
+                    if n == 0 {
+                        break; // every sender is gone
+                    }
+                    state.write_batch(&mut entries).await;
+                }
+                _ = shutdown.changed(), if !state.draining() => {
+                    // Calls in flight still finish: keep writing, but
+                    // fsync every batch from now on.
+                    if let Some(live) = state.live.as_mut() {
+                        live.draining = true;
+                    }
+                    state.tick(true);
+                }
+                _ = tokio::time::sleep(TICK) => state.tick(false),
+            }
+        }
+    }
+}
+
+impl State {
+    fn draining(&self) -> bool {
+        self.live.as_ref().is_some_and(|l| l.draining)
+    }
+
+    /// Takes each file's lock, opens it, resumes the chain, starts the HTTP
+    /// sinks and writes the `start` record.
+    async fn go_live(&mut self) -> Result<(), String> {
+        let mut files = Vec::new();
+        let mut resumed: Option<(u64, [u8; 32])> = None;
+        let mut torn = Vec::new();
+        for spec in &self.specs {
+            let lock = lock_file(&spec.cfg.path).await?;
+            let (sink, rec) =
+                FileSink::open(&spec.cfg).map_err(|e| format!("{}: {e}", spec.cfg.path))?;
+            if let Some((n, saved)) = &rec.torn {
+                torn.push(json!({"path": spec.cfg.path, "bytes": n, "saved_to": saved}));
+            }
+            match resumed {
+                Some((seq, head)) if (seq, head) != (rec.seq, rec.head) => {
+                    log::warn!(
+                        "audit: {} ends at record {} but another file sink at {seq}; continuing from the later one",
+                        spec.cfg.path,
+                        rec.seq
+                    );
+                    if rec.seq > seq {
+                        resumed = Some((rec.seq, rec.head));
+                    }
+                }
+                None => resumed = Some((rec.seq, rec.head)),
+                _ => {}
+            }
+            files.push((sink, spec.health, lock));
+        }
+        let (seq, head) = resumed.unwrap_or((0, super::chain::GENESIS));
+        let mut feeds = Vec::new();
+        for sink in self.elastic.drain(..) {
+            let (tx, rx) = mpsc::channel(sink.max_buffer());
+            feeds.push((tx, sink.health_index()));
+            tokio::spawn(sink.run(rx));
+        }
+        self.live = Some(Live {
+            chain: Chain::new(self.key.clone(), seq, head),
+            files,
+            feeds,
+            buf: Vec::new(),
+            object: Vec::new(),
+            docs: Vec::new(),
+            draining: false,
+        });
+        let start = json!({
+            "kind": "start",
+            "ts": now(),
+            "pid": std::process::id(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "resumed_after_seq": seq,
+            "torn": torn,
+        });
+        self.write_system(&start).await;
+        Ok(())
+    }
+
+    /// Encodes, seals and writes `entries` (emptied).
+    async fn write_batch(&mut self, entries: &mut Vec<Entry>) {
+        let live = self.live.as_mut().expect("live before the loop");
+        live.buf.clear();
+        live.docs.clear();
+        let first = live.chain.seq + 1;
+        for entry in entries.drain(..) {
+            live.object.clear();
+            match &entry {
+                Entry::Begin(call) => self.encoder.begin(call, &mut live.object),
+                Entry::End(call, outcome) => self.encoder.end(call, outcome, &mut live.object),
+            }
+            let start = live.buf.len();
+            let hash = live.chain.seal(&live.object, &mut live.buf);
+            live.docs.push((start, live.buf.len() - 1, hash));
+        }
+        self.flush(first).await;
+        self.metrics.audit_queue_depth.set(self.rx.len() as i64);
+    }
+
+    async fn write_system(&mut self, record: &serde_json::Value) {
+        let live = self.live.as_mut().expect("live");
+        live.buf.clear();
+        live.docs.clear();
+        let first = live.chain.seq + 1;
+        let object = serde_json::to_vec(record).expect("json serialises");
+        let hash = live.chain.seal(&object, &mut live.buf);
+        live.docs.push((0, live.buf.len() - 1, hash));
+        self.flush(first).await;
+    }
+
+    /// Writes `live.buf` to every file sink (retrying until each has it) and
+    /// hands its records to the HTTP sinks.
+    async fn flush(&mut self, first: u64) {
+        let live = self.live.as_mut().expect("live");
+        let records = live.docs.len() as u64;
+        for (file, h, _) in live.files.iter_mut() {
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                match file.write(&live.buf, first) {
+                    Ok(()) => {
+                        if live.draining {
+                            let _ = file.tick(true);
+                        }
+                        self.health[*h].ok();
+                        break;
+                    }
+                    Err(e) => {
+                        let health = &self.health[*h];
+                        health.failed();
+                        self.metrics
+                            .audit_sink_errors
+                            .with_label_values(&[health.label.as_str()])
+                            .inc();
+                        log::error!(
+                            "audit: writing {} failed: {e}; retrying in {backoff:?}",
+                            file.path().display()
+                        );
+                        self.metrics.audit_queue_depth.set(self.rx.len() as i64);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+            self.metrics
+                .audit_written
+                .with_label_values(&[self.health[*h].label.as_str()])
+                .inc_by(records);
+        }
+        if live.feeds.is_empty() {
+            return;
+        }
+        let buf = Bytes::copy_from_slice(&live.buf);
+        for &(start, end, hash) in &live.docs {
+            let doc = Doc {
+                id: hex::encode(hash),
+                line: buf.slice(start..end),
+            };
+            for (tx, h) in &live.feeds {
+                let sent = match self.on_full {
+                    OnFull::Drop => tx.try_send(doc.clone()).is_ok(),
+                    // Back-pressure: a collector that is down long enough
+                    // fills its buffer, then the queue, then calls wait or
+                    // are refused.
+                    _ => tx.send(doc.clone()).await.is_ok(),
+                };
+                if !sent {
+                    self.metrics
+                        .audit_dropped
+                        .with_label_values(&["sink_buffer_full"])
+                        .inc();
+                    self.health[*h].failed();
+                }
+            }
+        }
+    }
+
+    fn tick(&mut self, force: bool) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        for (file, h, _) in live.files.iter_mut() {
+            if let Err(e) = file.tick(force) {
+                self.health[*h].failed();
+                log::error!("audit: fsync of {} failed: {e}", file.path().display());
+            }
+        }
+    }
+
+    /// At shutdown (runtime teardown drops the task): writes what is still
+    /// queued and a `shutdown` record, synchronously, and fsyncs.
+    fn finish(&mut self) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        let mut out = Vec::new();
+        let mut object = Vec::new();
+        let first = live.chain.seq + 1;
+        let mut n = 0;
+        while let Ok(entry) = self.rx.try_recv() {
+            object.clear();
+            match &entry {
+                Entry::Begin(call) => self.encoder.begin(call, &mut object),
+                Entry::End(call, outcome) => self.encoder.end(call, outcome, &mut object),
+            }
+            live.chain.seal(&object, &mut out);
+            n += 1;
+        }
+        let stop =
+            json!({"kind": "shutdown", "ts": now(), "pid": std::process::id(), "drained": n});
+        live.chain
+            .seal(&serde_json::to_vec(&stop).expect("json"), &mut out);
+        for (file, _, _) in live.files.iter_mut() {
+            if let Err(e) = file.write(&out, first).and_then(|_| file.tick(true)) {
+                log::error!(
+                    "audit: final write to {} failed: {e}",
+                    file.path().display()
+                );
+            }
+        }
+        log::info!("audit: writer stopped after draining {n} records");
+        self.live = None;
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// Takes the exclusive lock of `path.lock`, waiting while another process
+/// (the old one, during a graceful upgrade) holds it.
+async fn lock_file(path: &str) -> Result<File, String> {
+    let lock_path = format!("{path}.lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("{lock_path}: {e}"))?;
+    let mut waited = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if !waited {
+                    log::info!("audit: waiting for {lock_path} (held by the previous process)");
+                    waited = true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(format!("{lock_path}: {e}")),
+        }
+    }
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
