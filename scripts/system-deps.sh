@@ -3,7 +3,8 @@
 # in one non-interactive apt run (`apt-get update` first). Quick no-op when
 # nothing is missing. Used by `make deps` and .ci/run.
 #
-#   scripts/system-deps.sh        (PYTHON=python3 by default)
+#   scripts/system-deps.sh            (PYTHON=python3 by default)
+#   scripts/system-deps.sh wrk nginx  (also these tools, for loadtest/)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 python=${PYTHON:-python3}
@@ -16,6 +17,10 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake) # pingora's zlib-ng build
 if [[ ! -x .venv/bin/pip ]] && ! "$python" -c 'import ensurepip' >/dev/null 2>&1; then
     need+=(python3-venv)
 fi
+# Extra tools named on the command line (the package is named like the tool).
+for tool in "$@"; do
+    command -v "$tool" >/dev/null 2>&1 || [[ -x /usr/sbin/$tool ]] || need+=("$tool")
+done
 ((${#need[@]})) || exit 0
 
 if ! command -v apt-get >/dev/null 2>&1; then

@@ -30,6 +30,8 @@ pub struct FileSink {
     len: u64,
     /// Sequence number of the file's first record.
     first_seq: Option<u64>,
+    /// Sequence number of the last record written (0: none).
+    last_seq: u64,
     opened: Instant,
     rotate_bytes: u64,
     rotate_interval: Option<Duration>,
@@ -101,6 +103,7 @@ impl FileSink {
                 file,
                 len,
                 first_seq,
+                last_seq: recovered.seq,
                 opened: Instant::now(),
                 rotate_bytes: cfg.rotate_bytes,
                 rotate_interval: cfg.rotate_interval,
@@ -116,10 +119,15 @@ impl FileSink {
         &self.path
     }
 
-    /// Appends `batch` (whole sealed lines; the first has sequence number
-    /// `first_seq`). On failure the file is cut back to its last whole
-    /// record, so a retry cannot leave a torn line behind.
-    pub fn write(&mut self, batch: &[u8], first_seq: u64) -> io::Result<()> {
+    /// Sequence number of the last record written.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Appends `batch` (whole sealed lines, records `first_seq..=last_seq`).
+    /// On failure the file is cut back to its last whole record, so a retry
+    /// cannot leave a torn line behind.
+    pub fn write(&mut self, batch: &[u8], first_seq: u64, last_seq: u64) -> io::Result<()> {
         if self.should_rotate(batch.len() as u64) {
             self.rotate()?;
         }
@@ -129,6 +137,7 @@ impl FileSink {
         }
         self.len += batch.len() as u64;
         self.first_seq.get_or_insert(first_seq);
+        self.last_seq = last_seq;
         self.dirty = true;
         if self.fsync_interval.is_zero() {
             self.sync()?;
@@ -322,7 +331,7 @@ mod tests {
         let (mut sink, rec) = FileSink::open(&cfg(&path)).unwrap();
         assert_eq!((rec.seq, rec.head), (0, chain::GENESIS));
         let mut chain = chain::Chain::new(chain::ChainKey::Sha256, 0, chain::GENESIS);
-        sink.write(&sealed(&mut chain, 3), 1).unwrap();
+        sink.write(&sealed(&mut chain, 3), 1, 3).unwrap();
         drop(sink);
         // A crash mid-write leaves half a line.
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();

@@ -13,8 +13,9 @@
 //!
 //! Never panics: malformed or truncated input gives whatever could be read.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// Token counts reported by the upstream, in OpenAI's names.
@@ -79,8 +80,11 @@ pub struct Reassembled {
 /// start mid-event: skip up to the first complete event/line boundary) and
 /// is used ONLY for usage / finish_reason / model / system_fingerprint.
 pub fn reassemble(content_type: &str, body: &[u8], tail: &[u8]) -> Reassembled {
-    let body = String::from_utf8_lossy(body);
-    let tail = String::from_utf8_lossy(tail);
+    // from_utf8 checks valid text faster than from_utf8_lossy's scan.
+    let text =
+        |b| std::str::from_utf8(b).map_or_else(|_| String::from_utf8_lossy(b), Cow::Borrowed);
+    let body = text(body);
+    let tail = text(tail);
     match Format::of(content_type) {
         Format::Sse => sse(&body, &tail),
         Format::Ndjson => ndjson(&body, &tail),
@@ -744,6 +748,10 @@ fn sse_data(b: &mut Builder, data: &str, complete: bool, cut: bool) {
     if data == "[DONE]" {
         return;
     }
+    if let Ok(chunk) = serde_json::from_str::<PlainChunk>(data) {
+        chunk.apply(b);
+        return;
+    }
     match serde_json::from_str::<Value>(data) {
         Ok(Value::Object(obj)) => {
             if !apply_object(b, &obj) {
@@ -755,6 +763,88 @@ fn sse_data(b: &mut Builder, data: &str, complete: bool, cut: bool) {
         Ok(_) => b.push_text(data),
         Err(_) if complete || keep_partial(data, cut) => b.push_text(data),
         Err(_) => {}
+    }
+}
+
+/// The common OpenAI chat chunk (text deltas only), parsed without building
+/// a `Value`: the profile of a streamed load test showed map hashing in
+/// `Value` parsing as the writer's main cost. Any other field (tool calls,
+/// reasoning, refusal, an error...) fails this parse and the event takes
+/// the general path.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlainChunk<'a> {
+    #[serde(borrow)]
+    choices: Vec<PlainChoice<'a>>,
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    system_fingerprint: Option<Cow<'a, str>>,
+    #[serde(default)]
+    usage: Option<PlainUsage>,
+    #[serde(default, rename = "id")]
+    _id: serde::de::IgnoredAny,
+    #[serde(default, rename = "object")]
+    _object: serde::de::IgnoredAny,
+    #[serde(default, rename = "created")]
+    _created: serde::de::IgnoredAny,
+    #[serde(default, rename = "service_tier")]
+    _service_tier: serde::de::IgnoredAny,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlainChoice<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(borrow)]
+    delta: PlainDelta<'a>,
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+    #[serde(default, rename = "logprobs")]
+    _logprobs: serde::de::IgnoredAny,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlainDelta<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default, rename = "role")]
+    _role: serde::de::IgnoredAny,
+}
+
+#[derive(Deserialize)]
+struct PlainUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+}
+
+impl PlainChunk<'_> {
+    /// The same effect as the general path on this chunk.
+    fn apply(self, b: &mut Builder) {
+        if let Some(m) = self.model {
+            b.model = Some(m.into_owned());
+        }
+        if let Some(f) = self.system_fingerprint {
+            b.system_fingerprint = Some(f.into_owned());
+        }
+        b.add_usage(self.usage.map(|u| Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.total_tokens,
+        }));
+        for (pos, c) in self.choices.into_iter().enumerate() {
+            let idx = c.index.unwrap_or(pos as u64);
+            let choice = b.choice(idx);
+            if let Some(t) = c.delta.content {
+                choice.text.push_str(&t);
+            }
+            if let Some(f) = c.finish_reason {
+                b.finish.insert(idx, f.into_owned());
+            }
+        }
     }
 }
 
@@ -891,6 +981,37 @@ fn value_after(s: &str, at: usize, len: usize) -> Option<Value> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn plain_chunk_fast_path_matches_the_general_path() {
+        let chunks = [
+            r#"{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","system_fingerprint":"fp","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#,
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"content":"Hi \"there\" \u00e9"},"logprobs":null,"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":1,"delta":{"content":"two"},"finish_reason":"length"}]}"#,
+            r#"{"choices":[{"delta":{},"finish_reason":"stop"}],"usage":null}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#,
+        ];
+        let mut fast = Builder::default();
+        let mut general = Builder::default();
+        for c in chunks {
+            serde_json::from_str::<PlainChunk>(c)
+                .unwrap_or_else(|e| panic!("{c}: {e}"))
+                .apply(&mut fast);
+            let v: Value = serde_json::from_str(c).unwrap();
+            assert!(apply_object(&mut general, v.as_object().unwrap()));
+        }
+        assert_eq!(fast.finish(), general.finish());
+        // Anything richer takes the general path.
+        for c in [
+            r#"{"choices":[{"index":0,"delta":{"reasoning_content":"hm"}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[]}}]}"#,
+            r#"{"error":{"message":"boom"},"choices":[]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":[{"type":"text","text":"x"}]}}]}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":3.0}}"#,
+        ] {
+            assert!(serde_json::from_str::<PlainChunk>(c).is_err(), "{c}");
+        }
+    }
 
     const SSE: &str = "text/event-stream";
     const JSON: &str = "application/json";

@@ -9,8 +9,9 @@ use crate::identity::Client;
 use crate::mask::stream::MaskRules;
 use bytes::Bytes;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 /// A call as known when the gateway decides to forward it; shared by its
@@ -26,6 +27,9 @@ pub struct Call {
     pub model: Option<String>,
     /// The request body as forwarded (already masked when the route masks prompts).
     pub request_body: Bytes,
+    /// The body as stored (masked, capped, as JSON) and whether it was cut:
+    /// made once by the writer, for the `begin` and the `call` record.
+    pub stored_request: OnceLock<(Option<Box<RawValue>>, bool)>,
 }
 
 /// The policy decision taken on a call.
@@ -160,12 +164,13 @@ struct Common<'a> {
 }
 
 #[derive(Serialize)]
-struct BodyJson {
+struct RequestJson<'a> {
     bytes: u64,
     stored: &'static str,
     truncated: bool,
+    /// The body itself when it is JSON (and whole), else a string.
     #[serde(skip_serializing_if = "Option::is_none")]
-    body: Option<String>,
+    body: Option<&'a RawValue>,
 }
 
 #[derive(Serialize)]
@@ -190,7 +195,7 @@ struct ResponseJson<'a> {
 struct BeginJson<'a> {
     #[serde(flatten)]
     common: Common<'a>,
-    request: BodyJson,
+    request: RequestJson<'a>,
 }
 
 #[derive(Serialize)]
@@ -213,7 +218,7 @@ struct EndJson<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     system_fingerprint: Option<&'a str>,
     masked: MaskedJson<'a>,
-    request: BodyJson,
+    request: RequestJson<'a>,
     response: ResponseJson<'a>,
 }
 
@@ -286,22 +291,30 @@ impl Encoder {
         }
     }
 
-    fn request(&self, call: &Call) -> BodyJson {
+    fn request<'a>(&self, call: &'a Call) -> RequestJson<'a> {
         let raw = &call.request_body;
-        let (body, truncated) = match self.bodies {
+        let (body, truncated) = call.stored_request.get_or_init(|| match self.bodies {
             BodyMode::None => (None, false),
             _ => {
-                let text =
-                    String::from_utf8_lossy(&raw[..raw.len().min(self.max_body + MASK_MARGIN)]);
+                let head = &raw[..raw.len().min(self.max_body + MASK_MARGIN)];
+                let text = std::str::from_utf8(head).map_or_else(
+                    |_| String::from_utf8_lossy(head),
+                    std::borrow::Cow::Borrowed,
+                );
                 let (t, cut) = self.store(&text, raw.len() > self.max_body, true);
-                (Some(t), cut)
+                // Embedded as JSON when it is JSON: readable, and no escaping.
+                let json = serde_json::from_str::<Box<RawValue>>(&t).unwrap_or_else(|_| {
+                    let quoted = serde_json::to_string(&t).expect("a string serialises");
+                    RawValue::from_string(quoted).expect("a JSON string is JSON")
+                });
+                (Some(json), cut)
             }
-        };
-        BodyJson {
+        });
+        RequestJson {
             bytes: raw.len() as u64,
             stored: self.stored(),
-            truncated,
-            body,
+            truncated: *truncated,
+            body: body.as_deref(),
         }
     }
 
@@ -391,6 +404,60 @@ fn counts(m: &Masks) -> BTreeMap<&str, u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mask::detect::{Detector, BUILTIN};
+    use crate::mask::replace::Style;
+
+    fn encoder(bodies: BodyMode, max_body: usize) -> Encoder {
+        let detector = Arc::new(Detector::new(&BUILTIN, &[]).unwrap());
+        Encoder {
+            bodies,
+            max_body,
+            rules: Arc::new(MaskRules::uniform(detector, Style::Label, 16384)),
+        }
+    }
+
+    fn begin_json(enc: &Encoder, body: &str) -> serde_json::Value {
+        let call = Call {
+            id: "r1".into(),
+            started: SystemTime::UNIX_EPOCH,
+            client: None,
+            method: "POST".into(),
+            path: "/v1/chat/completions".into(),
+            route: None,
+            pool: None,
+            model: None,
+            request_body: Bytes::copy_from_slice(body.as_bytes()),
+            stored_request: OnceLock::new(),
+        };
+        let mut out = Vec::new();
+        enc.begin(&call, &mut out);
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn request_bodies_are_stored_as_json_or_text_masked_and_capped() {
+        let enc = encoder(BodyMode::Masked, 1000);
+        let v = begin_json(&enc, r#"{"prompt":"mail bob@corp.com"}"#);
+        assert_eq!(v["request"]["body"]["prompt"], "mail [EMAIL]");
+        assert_eq!(v["request"]["truncated"], false);
+        assert_eq!(v["ts"], "1970-01-01T00:00:00.000Z");
+        let v = begin_json(&enc, "plain bob@corp.com");
+        assert_eq!(v["request"]["body"], "plain [EMAIL]");
+
+        // Cut bodies are strings, cut after masking: no half entity survives.
+        let enc = encoder(BodyMode::Masked, 20);
+        let v = begin_json(&enc, r#"{"prompt":"4111 1111 1111 1111 and more text"}"#);
+        let body = v["request"]["body"].as_str().unwrap();
+        assert_eq!(v["request"]["truncated"], true);
+        assert!(body.len() <= 20 && !body.contains("4111"), "{body}");
+
+        let v = begin_json(&encoder(BodyMode::Raw, 1000), r#"{"p":"bob@corp.com"}"#);
+        assert_eq!(v["request"]["body"]["p"], "bob@corp.com");
+        assert_eq!(v["request"]["stored"], "raw");
+        let v = begin_json(&encoder(BodyMode::None, 1000), r#"{"p":"bob@corp.com"}"#);
+        assert!(v["request"].get("body").is_none());
+        assert_eq!(v["request"]["bytes"], 20);
+    }
 
     #[test]
     fn capture_keeps_head_and_tail() {

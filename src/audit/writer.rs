@@ -28,6 +28,11 @@ use tokio::sync::mpsc;
 const BATCH: usize = 512;
 /// How often the writer wakes to fsync when idle.
 const TICK: Duration = Duration::from_millis(100);
+/// After a batch smaller than `BATCH`, the writer waits this long before
+/// taking the next: records pile up meanwhile, so the proxy's sends rarely
+/// have to wake the writer's thread (a context switch per record cost ~20%
+/// of throughput on 2 cores). Records reach the sinks at most this much later.
+const PACE: Duration = Duration::from_millis(10);
 
 pub struct AuditWriter {
     state: Mutex<Option<State>>,
@@ -151,7 +156,11 @@ impl BackgroundService for AuditWriter {
                     if n == 0 {
                         break; // every sender is gone
                     }
+                    let full = n == BATCH;
                     state.write_batch(&mut entries).await;
+                    if !full && !state.draining() {
+                        tokio::time::sleep(PACE).await;
+                    }
                 }
                 _ = shutdown.changed(), if !state.draining() => {
                     // Calls in flight still finish: keep writing, but
@@ -265,10 +274,11 @@ impl State {
     async fn flush(&mut self, first: u64) {
         let live = self.live.as_mut().expect("live");
         let records = live.docs.len() as u64;
+        let last = live.chain.seq;
         for (file, h, _) in live.files.iter_mut() {
             let mut backoff = Duration::from_millis(50);
             loop {
-                match file.write(&live.buf, first) {
+                match file.write(&live.buf, first, last) {
                     Ok(()) => {
                         if live.draining {
                             let _ = file.tick(true);
@@ -339,11 +349,24 @@ impl State {
     }
 
     /// At shutdown (runtime teardown drops the task): writes what is still
-    /// queued and a `shutdown` record, synchronously, and fsyncs.
+    /// queued and a `shutdown` record, synchronously, and fsyncs. A batch
+    /// sealed but not yet written (the task was dropped while retrying a
+    /// failing sink) goes first, so the chain has no gap.
     fn finish(&mut self) {
         let Some(live) = self.live.as_mut() else {
             return;
         };
+        let pending_first = live.chain.seq + 1 - live.docs.len() as u64;
+        for (file, _, _) in live.files.iter_mut() {
+            if file.last_seq() < live.chain.seq && file.last_seq() + 1 == pending_first {
+                if let Err(e) = file.write(&live.buf, pending_first, live.chain.seq) {
+                    log::error!(
+                        "audit: final write to {} failed: {e}",
+                        file.path().display()
+                    );
+                }
+            }
+        }
         let mut out = Vec::new();
         let mut object = Vec::new();
         let first = live.chain.seq + 1;
@@ -361,8 +384,16 @@ impl State {
             json!({"kind": "shutdown", "ts": now(), "pid": std::process::id(), "drained": n});
         live.chain
             .seal(&serde_json::to_vec(&stop).expect("json"), &mut out);
+        let last = live.chain.seq;
         for (file, _, _) in live.files.iter_mut() {
-            if let Err(e) = file.write(&out, first).and_then(|_| file.tick(true)) {
+            if file.last_seq() + 1 != first {
+                log::error!(
+                    "audit: {} misses records before {first}; not appending after the gap",
+                    file.path().display()
+                );
+                continue;
+            }
+            if let Err(e) = file.write(&out, first, last).and_then(|_| file.tick(true)) {
                 log::error!(
                     "audit: final write to {} failed: {e}",
                     file.path().display()

@@ -28,6 +28,7 @@ pub fn call(ctx: &RequestCtx, req: &RequestHeader, labels: &[(Arc<str>, Arc<str>
         pool,
         model: ctx.model.clone(),
         request_body: ctx.body.clone(),
+        stored_request: Default::default(),
     })
 }
 

@@ -1,0 +1,187 @@
+"""Shared pieces of the load tests: starting the demo model, modelgate and
+nginx on loopback ports, driving them with wrk, and reading a process's CPU
+time and peak memory from /proc. Everything started is stopped on exit.
+Loopback only; every run is bounded in time.
+"""
+import atexit
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LUA = os.path.join(ROOT, "loadtest", "wrk", "request.lua")
+CLIENT_KEY = "load-test-key"
+ADMIN_TOKEN = "load-admin"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+_procs = []
+
+
+def _cleanup():
+    for p in _procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+atexit.register(_cleanup)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def spawn(args, log_path=None, env=None):
+    out = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    p = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    _procs.append(p)
+    return p
+
+
+def wait_http(url, timeout=20, headers=None):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            req = urllib.request.Request(url, headers=headers or {})
+            with urllib.request.urlopen(req, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    sys.exit(f"timed out waiting for {url}")
+
+
+def stop(p, sig=signal.SIGTERM, timeout=30):
+    """Stops a process (SIGTERM: graceful) and waits for it."""
+    if p.poll() is None:
+        p.send_signal(sig)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a process and its reaped children, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+    return (utime + stime + cutime + cstime) / TICKS
+
+
+def peak_rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class DemoModel:
+    """The built-in demo model as an upstream process."""
+
+    def __init__(self, binary, threads=1):
+        self.port = free_port()
+        self.proc = spawn([binary, "demo-model", "--listen", f"127.0.0.1:{self.port}",
+                           "--threads", str(threads)], env={"RUST_LOG": "error"})
+        wait_http(f"http://127.0.0.1:{self.port}/health")
+
+    def stop(self):
+        stop(self.proc)
+
+
+class Modelgate:
+    """modelgate on its own ports with `body` (upstreams, routes, policies,
+    audit...) after the generated server/listen/admin/clients keys."""
+
+    def __init__(self, binary, body, threads=1, workdir=None):
+        self.dir = workdir or tempfile.mkdtemp(prefix="mg-load-")
+        self.port, self.admin = free_port(), free_port()
+        key_hash = hashlib.sha256(CLIENT_KEY.encode()).hexdigest()
+        conf = (
+            f"server:\n  threads: {threads}\n  pid_file: {self.dir}/mg.pid\n"
+            f"  upgrade_sock: {self.dir}/upgrade.sock\n  grace_period_seconds: 1\n"
+            f"  graceful_shutdown_timeout_seconds: 10\n"
+            f"listen: [\"127.0.0.1:{self.port}\"]\n"
+            f"admin: {{listen: \"127.0.0.1:{self.admin}\", token: \"{ADMIN_TOKEN}\"}}\n"
+            f"clients:\n  - {{name: load, key_sha256: \"{key_hash}\"}}\n{body}"
+        )
+        self.conf = os.path.join(self.dir, "modelgate.yaml")
+        with open(self.conf, "w") as f:
+            f.write(conf)
+        self.proc = spawn([binary, "-c", self.conf], os.path.join(self.dir, "gateway.log"),
+                          env={"RUST_LOG": "warn"})
+        wait_http(f"http://127.0.0.1:{self.admin}/readyz")
+
+    def metrics(self):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.admin}/metrics",
+                                     headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.read().decode()
+
+    def metric_sum(self, name):
+        """Sum of every sample of metric `name` (all label sets)."""
+        total = 0.0
+        for line in self.metrics().splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def wait_idle(self, timeout=10):
+        """Waits until no request is in flight."""
+        end = time.time() + timeout
+        while self.metric_sum("modelgate_in_flight_requests") > 0 and time.time() < end:
+            time.sleep(0.05)
+        time.sleep(0.1)
+
+    def stop(self):
+        stop(self.proc)
+
+
+def wrk(port, seconds, connections, threads=1, path="/v1/chat/completions", stream=False,
+        events=0, delay_ms=0, key=CLIENT_KEY):
+    """Runs wrk against 127.0.0.1:port and returns its summary (requests,
+    errors, latency percentiles in microseconds) as a dict."""
+    env = {
+        "MG_KEY": key,
+        "MG_STREAM": "true" if stream else "false",
+        "MG_EVENTS": str(events),
+        "MG_DELAY_MS": str(delay_ms),
+    }
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
+         "-s", LUA, f"http://127.0.0.1:{port}{path}"],
+        capture_output=True, text=True, env={**os.environ, **env}, timeout=seconds + 60,
+    )
+    for line in out.stdout.splitlines():
+        if line.startswith("{"):
+            return json.loads(line)
+    sys.exit(f"wrk printed no summary:\n{out.stdout}\n{out.stderr}")
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2

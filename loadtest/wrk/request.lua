@@ -1,0 +1,35 @@
+-- wrk script for the load tests: one OpenAI chat request per call, shaped
+-- by environment variables (set by loadtest/harness.py), and a JSON summary
+-- line (latencies in microseconds) printed when the run is done.
+--
+--   MG_KEY       client key (Authorization: Bearer)
+--   MG_STREAM    "true" for SSE answers
+--   MG_EVENTS    demo model: answer with this many token events (0: canned answer)
+--   MG_DELAY_MS  demo model: delay between events
+
+local key = os.getenv("MG_KEY") or "load-test-key"
+local stream = os.getenv("MG_STREAM") or "false"
+local events = os.getenv("MG_EVENTS") or "0"
+local delay = os.getenv("MG_DELAY_MS") or "0"
+
+wrk.method = "POST"
+wrk.body = '{"model":"demo-model","stream":' .. stream ..
+  ',"messages":[{"role":"user","content":"How do I reach support?"}]}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. key
+wrk.headers["x-demo-delay-ms"] = delay
+if events ~= "0" then
+  wrk.headers["x-demo-events"] = events
+end
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests":%d,"duration_us":%d,"bytes":%d,"connect_errors":%d,"read_errors":%d,' ..
+    '"write_errors":%d,"status_errors":%d,"timeouts":%d,' ..
+    '"p50":%d,"p90":%d,"p99":%d,"p999":%d,"max":%d,"mean":%.1f}\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write,
+    e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency:percentile(99.9), latency.max, latency.mean))
+end
