@@ -352,6 +352,46 @@ mod tests {
     }
 
     #[test]
+    fn rotates_by_size_and_by_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let mut c = cfg(&path);
+        c.rotate_bytes = 400;
+        let (mut sink, _) = FileSink::open(&c).unwrap();
+        let mut chain = chain::Chain::new(chain::ChainKey::Sha256, 0, chain::GENESIS);
+        for seq in 1..=6 {
+            sink.write(&sealed(&mut chain, 1), seq, seq).unwrap();
+        }
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".jsonl"))
+            .collect();
+        names.sort();
+        assert!(names.len() >= 3, "{names:?}");
+        assert_eq!(names[0], "a.00000000000000000001.jsonl");
+        assert_eq!(names.last().unwrap(), "a.jsonl");
+        for n in &names {
+            assert!(
+                fs::metadata(dir.path().join(n)).unwrap().len() <= 400,
+                "{n}"
+            );
+        }
+
+        let path = dir.path().join("b.jsonl");
+        let mut c = cfg(&path);
+        c.rotate_interval = Some(Duration::from_millis(30));
+        let (mut sink, _) = FileSink::open(&c).unwrap();
+        sink.write(&sealed(&mut chain, 1), 7, 7).unwrap();
+        sink.write(&sealed(&mut chain, 1), 8, 8).unwrap();
+        assert!(!rotated_name(&path, 7).exists(), "too young to rotate");
+        std::thread::sleep(Duration::from_millis(40));
+        sink.write(&sealed(&mut chain, 1), 9, 9).unwrap();
+        assert!(rotated_name(&path, 7).exists());
+        assert_eq!(fs::read_to_string(&path).unwrap().lines().count(), 1);
+    }
+
+    #[test]
     fn last_line_across_blocks() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x");
