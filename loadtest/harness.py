@@ -99,6 +99,22 @@ def rss_mb(pid):
     return 0.0
 
 
+def child_pids(pid):
+    """Pids of the live child processes of `pid` (e.g. nginx's workers)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile
+        if ppid == pid:
+            out.append(int(d))
+    return out
+
+
 class DemoModel:
     """The built-in demo model as an upstream process."""
 
@@ -160,25 +176,47 @@ class Modelgate:
         stop(self.proc)
 
 
-def wrk(port, seconds, connections, threads=1, path="/v1/chat/completions", stream=False,
-        events=0, delay_ms=0, key=CLIENT_KEY):
-    """Runs wrk against 127.0.0.1:port and returns its summary (requests,
-    errors, latency percentiles in microseconds) as a dict."""
+def wrk_start(port, seconds, connections, threads=1, path="/v1/chat/completions", stream=False,
+              events=0, delay_ms=0, key=CLIENT_KEY, timeout=10, env=None):
+    """Starts wrk against 127.0.0.1:port (see `wrk`); `env` adds variables
+    for loadtest/wrk/request.lua. Read the summary with `wrk_summary`."""
     env = {
         "MG_KEY": key,
         "MG_STREAM": "true" if stream else "false",
         "MG_EVENTS": str(events),
         "MG_DELAY_MS": str(delay_ms),
+        **(env or {}),
     }
-    out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
+    p = subprocess.Popen(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", f"{timeout}s",
          "-s", LUA, f"http://127.0.0.1:{port}{path}"],
-        capture_output=True, text=True, env={**os.environ, **env}, timeout=seconds + 60,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env},
     )
-    for line in out.stdout.splitlines():
+    p.deadline = seconds + timeout + 60
+    return p
+
+
+def wrk_summary(p):
+    """Waits for a wrk started by `wrk_start` (SIGINT stops it early, with a
+    summary) and returns its summary as a dict."""
+    try:
+        out, err = p.communicate(timeout=p.deadline)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+    for line in out.splitlines():
         if line.startswith("{"):
             return json.loads(line)
-    sys.exit(f"wrk printed no summary:\n{out.stdout}\n{out.stderr}")
+    sys.exit(f"wrk printed no summary:\n{out}\n{err}")
+
+
+def wrk(port, seconds, connections, threads=1, path="/v1/chat/completions", stream=False,
+        events=0, delay_ms=0, key=CLIENT_KEY, timeout=10):
+    """Runs wrk against 127.0.0.1:port and returns its summary (requests,
+    errors, latency percentiles in microseconds) as a dict. `timeout`
+    (seconds): responses slower than this count as timeouts."""
+    return wrk_summary(wrk_start(port, seconds, connections, threads, path, stream, events,
+                                 delay_ms, key, timeout))
 
 
 def median(xs):
