@@ -47,7 +47,9 @@ Usage: loadtest/vs_nginx.py [--rounds 3] [--seconds 10] [--connections 64]
           [--threads 1] [--workloads json,sse] [--sweep 1,1000,10000] [--quick]
 """
 import argparse
+import atexit
 import datetime
+import hashlib
 import http.client
 import json
 import os
@@ -227,7 +229,7 @@ class Gate:
         return h.rss_mb(self.proc.pid)
 
     def error_log(self):
-        return tail(os.path.join(self.dir, "gateway.log"))
+        return tail(os.path.join(self.dir, "gateway.log"), 10)
 
     def stop(self):
         self.mg.stop()
@@ -382,6 +384,7 @@ def one_run(kind, wl, args, model, rnd):
         peak = p.peak_rss()
         alive = p.proc.poll() is None
     finally:
+        errlog = p.error_log()
         p.stop()
     n = max(res["requests"], 1)
     row = {
@@ -404,7 +407,7 @@ def one_run(kind, wl, args, model, rnd):
         + (f"  TTFT {row['ttft']:.2f} ms" if wl == "sse" else ""))
     if row["errors"]:
         fail(f"{wl} round {rnd} {LABEL[kind]}: {errors_of(res)} wrk errors {res}, "
-             f"probe errors {probe['errors'][:3]}")
+             f"probe errors {probe['errors'][:3]}; {LABEL[kind]} log ends:\n{errlog[-1500:]}")
     if not alive:
         fail(f"{wl} round {rnd} {LABEL[kind]}: the proxy died during the run")
     return row
@@ -547,6 +550,7 @@ def sweep_level(kind, n, args, model):
         if wrkp and wrkp.poll() is None:
             wrkp.kill()
             wrkp.wait()
+        errlog = p.error_log()
         p.stop()
     row["completed"] = res["requests"] - res["status_errors"]
     row["errors"] = errors_of(res)
@@ -561,7 +565,7 @@ def sweep_level(kind, n, args, model):
     if not row["ok"]:
         fail(f"sweep {n} {LABEL[kind]}: opened={row['opened']} ({row['clients']} client / "
              f"{row['upstream']} upstream sockets), completed {row['completed']}/{n}, "
-             f"wrk {res}, alive={alive}\n{p.error_log()[-1500:]}")
+             f"wrk {res}, alive={alive}; {LABEL[kind]} log ends:\n{errlog[-1500:]}")
     return row
 
 
@@ -661,14 +665,15 @@ def cmd_out(args):
 
 def header(args):
     binary_time = datetime.datetime.fromtimestamp(os.path.getmtime(args.bin)).isoformat(timespec="seconds")
+    binary_sha = hashlib.sha256(open(args.bin, "rb").read()).hexdigest()[:12]
     commit = cmd_out(["git", "-C", h.ROOT, "rev-parse", "--short", "HEAD"])
     return "\n".join([
         "# modelgate vs nginx",
         "",
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; host: {os.cpu_count()} CPUs, "
         f"Linux {platform.release()}; RLIMIT_NOFILE {nofile_limit()}",
-        f"- modelgate: `{args.bin}` ({cmd_out([args.bin, '--version'])}, built {binary_time}; "
-        f"HEAD {commit}); nginx: {cmd_out([Nginx.binary, '-v'])}; {cmd_out(['wrk', '-v'])}",
+        f"- modelgate: `{args.bin_source}` ({cmd_out([args.bin, '--version'])}, built {binary_time}, "
+        f"sha256 {binary_sha}…; git HEAD {commit}, the tree may differ); nginx: {cmd_out([Nginx.binary, '-v'])}; {cmd_out(['wrk', '-v'])}",
         f"- load: wrk -t{args.wrk_threads} -c{args.connections}, {args.rounds} round(s) of {args.seconds} s "
         f"per proxy and workload (+{args.warmup} s warm-up on each fresh process), rotated order; "
         f"proxy threads / nginx workers: {args.threads}; demo model threads: {args.model_threads}",
@@ -738,6 +743,11 @@ def main():
     summary_probes = args.probes
     raise_nofile()
     atexit_register()
+    # Run a private copy, so a `cargo build` meanwhile cannot mix two builds in one run.
+    args.bin_source = args.bin
+    bindir = tempfile.mkdtemp(prefix="mg-bin-")
+    atexit.register(shutil.rmtree, bindir, True)
+    args.bin = shutil.copy2(args.bin, os.path.join(bindir, "modelgate"))
 
     model = h.DemoModel(args.bin, threads=args.model_threads)
     log(f"demo model on :{model.port}; RLIMIT_NOFILE {nofile_limit()}")
@@ -790,7 +800,7 @@ def main():
             pngs.append(os.path.join(args.results, "sweep.png"))
             plot_sweep(sweep_rows, pngs[-1])
     if failures:
-        md += ["### failures", ""] + [f"- {f}" for f in failures] + [""]
+        md += ["### failures", "", "```"] + failures + ["```", ""]
     with open(os.path.join(args.results, "latest.md"), "w") as f:
         f.write("\n".join(md))
     log(f"wrote {os.path.join(args.results, 'latest.md')} " + " ".join(pngs))
@@ -800,7 +810,6 @@ def main():
 
 
 def atexit_register():
-    import atexit
     atexit.register(_stop_nginxes)
 
 

@@ -736,3 +736,49 @@ fn an_unwritable_audit_path_or_bad_option_fails_the_config_check() {
     assert!(!ok);
     assert!(err.contains("audit.sinks[0].url"), "{err}");
 }
+
+#[test]
+fn more_calls_in_flight_than_queue_capacity_are_all_served_and_recorded() {
+    // The queue bounds records waiting for the writer, not open calls: a
+    // long stream holds no queue space while it runs.
+    let up = Upstream::start("u1");
+    let audit = tempfile::tempdir().unwrap();
+    let path = audit.path().join("audit.jsonl");
+    let gw = Gateway::start(
+        &audited(&up, &path, "  queue_capacity: 8\n", "", ""),
+        &[],
+        true,
+    );
+    let url = gw.url("/v1/chat/completions");
+    // 30 streams of ~1 s, started 20 ms apart: all open at once, while the
+    // writer keeps up with their records.
+    let streams: Vec<_> = (0..30)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let r = http()
+                    .post(&url)
+                    .bearer_auth(ALICE_KEY)
+                    .header("x-demo-events", "10")
+                    .header("x-demo-delay-ms", "100")
+                    .json(&chat("m", true))
+                    .send()
+                    .unwrap();
+                (r.status().as_u16(), r.text().unwrap())
+            })
+        })
+        .collect();
+    for s in streams {
+        let (status, body) = s.join().unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains("modelgate_audit_refused_total 0"),
+        "{metrics}"
+    );
+    wait_for_records(audit.path(), "30 call records", |recs| {
+        of_kind(recs, "call").len() == 30
+    });
+}

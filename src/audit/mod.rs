@@ -1,10 +1,14 @@
 //! The audit trail: one hash-chained record per call, durable and
 //! tamper-evident, without disk I/O on the request path.
 //!
-//! The proxy takes a [`Slot`] on the bounded queue when a call arrives (its
-//! final record can then always be queued) and another for the `begin`
-//! record it queues before forwarding. What happens when no slot is free is
-//! the operator's `on_full` choice. The [`writer`] (a Pingora background
+//! The queue is bounded at admission: a call is let in (given a [`Slot`])
+//! only while fewer than `queue_capacity` records wait for the writer, and
+//! its `begin` record before forwarding needs the same. A call that was let
+//! in always gets its final record queued, so the queue holds at most
+//! `queue_capacity` plus one record per call in flight; concurrency is not
+//! capped by the queue (10,000 open streams are 10,000 calls in flight).
+//! What a call meets when the queue is full is the operator's `on_full`
+//! choice. The [`writer`] (a Pingora background
 //! service) drains the queue, encodes and seals records ([`record`],
 //! [`chain`]) and hands them to the sinks ([`file`], [`elastic`]).
 //! [`verify`] checks a chain across rotated files.
@@ -21,14 +25,23 @@ use crate::config::{AuditConfig, ConfigError, OnFull, SinkConfig};
 use crate::mask::MaskEngine;
 use crate::metrics::Metrics;
 use record::Entry;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc::{self, error::TrySendError, OwnedPermit};
+use tokio::sync::{mpsc, Notify};
+
+/// The queue between the proxy and the writer: records waiting are counted
+/// in `depth`; the writer subtracts what it takes and wakes `space` waiters.
+pub struct Queue {
+    pub depth: AtomicUsize,
+    pub space: Notify,
+}
 
 /// The proxy's handle on the audit trail.
 pub struct Audit {
-    tx: mpsc::Sender<Entry>,
+    tx: mpsc::UnboundedSender<Entry>,
+    queue: Arc<Queue>,
+    capacity: usize,
     on_full: OnFull,
     block_timeout: Duration,
     fail_after_ms: u64,
@@ -38,12 +51,19 @@ pub struct Audit {
     pub capture_limit: usize,
 }
 
-/// Room for one record on the queue, taken before it is needed.
-pub struct Slot(OwnedPermit<Entry>);
+/// The right to queue one record, granted at admission.
+pub struct Slot {
+    tx: mpsc::UnboundedSender<Entry>,
+    queue: Arc<Queue>,
+}
 
 impl Slot {
     pub fn send(self, entry: Entry) {
-        self.0.send(entry);
+        self.queue.depth.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(entry).is_err() {
+            // The writer is gone (the process is stopping).
+            self.queue.depth.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -118,16 +138,29 @@ impl Audit {
         masks: &MaskEngine,
         metrics: Arc<Metrics>,
     ) -> Result<(Audit, writer::AuditWriter), ConfigError> {
-        let (tx, rx) = mpsc::channel(cfg.queue_capacity);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Arc::new(Queue {
+            depth: AtomicUsize::new(0),
+            space: Notify::new(),
+        });
         let health: Arc<[SinkHealth]> = cfg
             .sinks
             .iter()
             .map(|s| SinkHealth::new(sink_label(s)))
             .collect();
-        let writer = writer::AuditWriter::build(cfg, masks, rx, health.clone(), metrics.clone())?;
+        let writer = writer::AuditWriter::build(
+            cfg,
+            masks,
+            rx,
+            queue.clone(),
+            health.clone(),
+            metrics.clone(),
+        )?;
         epoch();
         let audit = Audit {
             tx,
+            queue,
+            capacity: cfg.queue_capacity,
             on_full: cfg.on_full,
             block_timeout: cfg.block_timeout,
             fail_after_ms: cfg.fail_closed_after.as_millis() as u64,
@@ -145,40 +178,52 @@ impl Audit {
             self.metrics.audit_refused.inc();
             return Err(Refusal::SinkFailing);
         }
-        let refuse = || {
-            self.metrics.audit_refused.inc();
-            Err(Refusal::QueueFull)
-        };
-        match self.tx.clone().try_reserve_owned() {
-            Ok(p) => Ok(Some(Slot(p))),
-            Err(TrySendError::Full(tx)) => match self.on_full {
-                OnFull::FailClosed => refuse(),
-                OnFull::Block => {
-                    match tokio::time::timeout(self.block_timeout, tx.reserve_owned()).await {
-                        Ok(Ok(p)) => Ok(Some(Slot(p))),
-                        _ => refuse(),
+        if self.tx.is_closed() {
+            // The writer is gone (shutting down): nothing can be recorded.
+            return self.full("writer_stopped");
+        }
+        if self.has_room() {
+            return Ok(Some(self.grant()));
+        }
+        match self.on_full {
+            OnFull::Block => {
+                let deadline = tokio::time::Instant::now() + self.block_timeout;
+                loop {
+                    let space = self.queue.space.notified();
+                    if self.has_room() {
+                        return Ok(Some(self.grant()));
+                    }
+                    if tokio::time::timeout_at(deadline, space).await.is_err() {
+                        return self.full("queue_full");
                     }
                 }
-                OnFull::Drop => {
-                    self.metrics
-                        .audit_dropped
-                        .with_label_values(&["queue_full"])
-                        .inc();
-                    Ok(None)
-                }
-            },
-            // The writer is gone (shutting down): nothing can be recorded.
-            Err(TrySendError::Closed(_)) => match self.on_full {
-                OnFull::Drop => {
-                    self.metrics
-                        .audit_dropped
-                        .with_label_values(&["writer_stopped"])
-                        .inc();
-                    Ok(None)
-                }
-                _ => refuse(),
-            },
+            }
+            _ => self.full("queue_full"),
         }
+    }
+
+    fn has_room(&self) -> bool {
+        self.queue.depth.load(Ordering::Relaxed) < self.capacity
+    }
+
+    fn grant(&self) -> Slot {
+        Slot {
+            tx: self.tx.clone(),
+            queue: self.queue.clone(),
+        }
+    }
+
+    /// No room: refused (503), or under `drop` let through unrecorded.
+    fn full(&self, reason: &str) -> Result<Option<Slot>, Refusal> {
+        if self.on_full == OnFull::Drop {
+            self.metrics
+                .audit_dropped
+                .with_label_values(&[reason])
+                .inc();
+            return Ok(None);
+        }
+        self.metrics.audit_refused.inc();
+        Err(Refusal::QueueFull)
     }
 
     /// A sink has been failing for longer than `fail_closed_after`.

@@ -10,7 +10,7 @@ use super::chain::{Chain, ChainKey};
 use super::elastic::{Doc, ElasticSink};
 use super::file::FileSink;
 use super::record::{Encoder, Entry};
-use super::SinkHealth;
+use super::{Queue, SinkHealth};
 use crate::config::{AuditConfig, ConfigError, FileSinkConfig, OnFull, SinkConfig};
 use crate::mask::MaskEngine;
 use crate::metrics::Metrics;
@@ -45,7 +45,8 @@ struct FileSpec {
 }
 
 struct State {
-    rx: mpsc::Receiver<Entry>,
+    rx: mpsc::UnboundedReceiver<Entry>,
+    queue: Arc<Queue>,
     key: ChainKey,
     encoder: Encoder,
     specs: Vec<FileSpec>,
@@ -71,7 +72,8 @@ impl AuditWriter {
     pub fn build(
         cfg: &AuditConfig,
         masks: &MaskEngine,
-        rx: mpsc::Receiver<Entry>,
+        rx: mpsc::UnboundedReceiver<Entry>,
+        queue: Arc<Queue>,
         health: Arc<[SinkHealth]>,
         metrics: Arc<Metrics>,
     ) -> Result<AuditWriter, ConfigError> {
@@ -112,6 +114,7 @@ impl AuditWriter {
         Ok(AuditWriter {
             state: Mutex::new(Some(State {
                 rx,
+                queue,
                 key,
                 encoder,
                 specs,
@@ -156,6 +159,8 @@ impl BackgroundService for AuditWriter {
                     if n == 0 {
                         break; // every sender is gone
                     }
+                    state.queue.depth.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+                    state.queue.space.notify_waiters();
                     let full = n == BATCH;
                     state.write_batch(&mut entries).await;
                     if !full && !state.draining() {
@@ -255,7 +260,12 @@ impl State {
             live.docs.push((start, live.buf.len() - 1, hash));
         }
         self.flush(first).await;
-        self.metrics.audit_queue_depth.set(self.rx.len() as i64);
+        self.set_depth_metric();
+    }
+
+    fn set_depth_metric(&self) {
+        let depth = self.queue.depth.load(std::sync::atomic::Ordering::Relaxed);
+        self.metrics.audit_queue_depth.set(depth as i64);
     }
 
     async fn write_system(&mut self, record: &serde_json::Value) {
@@ -297,7 +307,8 @@ impl State {
                             "audit: writing {} failed: {e}; retrying in {backoff:?}",
                             file.path().display()
                         );
-                        self.metrics.audit_queue_depth.set(self.rx.len() as i64);
+                        let depth = self.queue.depth.load(std::sync::atomic::Ordering::Relaxed);
+                        self.metrics.audit_queue_depth.set(depth as i64);
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(2));
                     }

@@ -53,7 +53,8 @@ pub struct Config {
 pub struct AuditConfig {
     /// Where records go; several at once. At least one.
     pub sinks: Vec<SinkConfig>,
-    /// Records waiting for the writer, at most. Default 8192.
+    /// Records waiting for the writer before new calls meet `on_full` (calls
+    /// in flight still queue their final record). Default 8192.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
     /// What a call meets when its record cannot be queued: `fail_closed`
