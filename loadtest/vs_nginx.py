@@ -48,12 +48,14 @@ Usage: loadtest/vs_nginx.py [--rounds 3] [--seconds 10] [--connections 64]
 """
 import argparse
 import atexit
+import collections
 import datetime
 import hashlib
 import http.client
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -97,6 +99,22 @@ def tail(path, n=30):
             return "".join(f.readlines()[-n:])
     except OSError:
         return ""
+
+
+def log_digest(path, top=6):
+    """A log's distinct messages (timestamps, pids, ids and ports blanked out),
+    most frequent first."""
+    lines = collections.Counter()
+    try:
+        with open(path, errors="replace") as f:
+            for line in f:
+                line = line.strip()
+                # modelgate: "[2026-...Z WARN  target] msg"; nginx: "2026/.. ..:..:.. [warn] 12#12: *3 msg"
+                line = re.sub(r"^\[[^]]*\] ?|^\d{4}/\d\d/\d\d \S+ (\[\w+\]) \d+#\d+: (\*\d+ )?", r"\1 ", line).strip()
+                lines[re.sub(r"\b[0-9a-f]{16,}\b|(?<=:)\d{2,5}\b", "…", line)[:300]] += 1
+    except OSError:
+        pass
+    return "\n".join(f"{n:7} × {msg}" for msg, n in lines.most_common(top)) + "\n"
 
 
 # --------------------------------------------------------------------------
@@ -176,7 +194,7 @@ class Nginx:
         return sum(h.rss_mb(p) for p in self.workers)
 
     def error_log(self):
-        return tail(os.path.join(self.dir, "error.log"))
+        return log_digest(os.path.join(self.dir, "error.log"))
 
     def stop(self):
         h.stop(self.proc, timeout=10)  # SIGTERM: the master stops its workers
@@ -229,7 +247,24 @@ class Gate:
         return h.rss_mb(self.proc.pid)
 
     def error_log(self):
-        return tail(os.path.join(self.dir, "gateway.log"), 10)
+        """The gateway log's distinct messages, most frequent first, and (full
+        mode) the audit `call` records by status and decision: refusals (503)
+        show only there."""
+        out = [log_digest(os.path.join(self.dir, "gateway.log"))]
+        calls = collections.Counter()
+        try:
+            with open(os.path.join(self.dir, "audit.jsonl"), errors="replace") as f:
+                for line in f:
+                    if '"kind":"call"' in line:
+                        st = re.search(r'"status":(\d+)', line)
+                        why = re.search(r'"decision":\{"action":"(\w+)"(?:,"reason":"([^"]*)")?', line)
+                        calls[(st and st[1], why and why[1], why and why[2])] += 1
+        except OSError:
+            pass
+        if calls:
+            out.append("audit call records (status, action, reason): " + ", ".join(
+                f"{k}: {n}" for k, n in calls.most_common()))
+        return "\n".join(out) + "\n"
 
     def stop(self):
         self.mg.stop()
@@ -514,6 +549,7 @@ def sweep_level(kind, n, args, model):
     p = start(kind, args, model)
     alive, wrkp = False, None
     try:
+        preflight(p, model)
         h.wrk(p.port, 1, 16, stream=True, events=20, delay_ms=0)  # warm-up
         time.sleep(1)
         row["rss_idle"] = p.rss()
