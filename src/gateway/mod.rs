@@ -303,19 +303,16 @@ impl ProxyHttp for Gateway {
         }
         // Not forwarded without a `begin` record queued (under `drop`, at
         // least counted).
-        let call = recording::call(ctx, session.req_header(), &self.route_labels);
-        match self.audit_slot(ctx).await {
-            Ok(slot) => {
-                if let Some(slot) = slot {
-                    slot.send(Entry::Begin(call.clone()));
-                }
-            }
-            Err(err) => return self.reject(session, ctx, err).await,
-        }
         if let Some(audit) = &self.audit {
+            let call = recording::call(ctx, session.req_header(), &self.route_labels);
+            match self.audit_slot(ctx).await {
+                Ok(Some(slot)) => slot.send(Entry::Begin(call.clone())),
+                Ok(None) => {}
+                Err(err) => return self.reject(session, ctx, err).await,
+            }
             ctx.capture = Some(crate::audit::record::Capture::new(audit.capture_limit));
+            ctx.call = Some(call);
         }
-        ctx.call = Some(call);
         Ok(false)
     }
 
