@@ -25,7 +25,9 @@ pub struct Recovered {
 
 pub struct FileSink {
     path: PathBuf,
-    file: File,
+    /// `None` between a rotation's rename and the new file's creation (if
+    /// creating it failed, the next write tries again).
+    file: Option<File>,
     /// Length of the file's whole records.
     len: u64,
     /// Sequence number of the file's first record.
@@ -100,7 +102,7 @@ impl FileSink {
         Ok((
             FileSink {
                 path,
-                file,
+                file: Some(file),
                 len,
                 first_seq,
                 last_seq: recovered.seq,
@@ -131,8 +133,10 @@ impl FileSink {
         if self.should_rotate(batch.len() as u64) {
             self.rotate()?;
         }
-        if let Err(e) = self.file.write_all(batch) {
-            let _ = self.file.set_len(self.len);
+        let len = self.len;
+        let file = self.file()?;
+        if let Err(e) = file.write_all(batch) {
+            let _ = file.set_len(len);
             return Err(e);
         }
         self.len += batch.len() as u64;
@@ -140,7 +144,11 @@ impl FileSink {
         self.last_seq = last_seq;
         self.dirty = true;
         if self.fsync_interval.is_zero() {
-            self.sync()?;
+            // The batch is written: a retry would append it twice. A failed
+            // fsync is logged and retried by the next tick.
+            if let Err(e) = self.sync() {
+                log::error!("audit: fsync of {} failed: {e}", self.path.display());
+            }
         }
         Ok(())
     }
@@ -154,7 +162,9 @@ impl FileSink {
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        self.file.sync_data()?;
+        if let Some(f) = &self.file {
+            f.sync_data()?;
+        }
         self.dirty = false;
         self.last_sync = Instant::now();
         Ok(())
@@ -171,25 +181,41 @@ impl FileSink {
         by_size || by_age
     }
 
+    /// The current file, (re)created if a rotation left none.
+    fn file(&mut self) -> io::Result<&mut File> {
+        if self.file.is_none() {
+            let f = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .open(&self.path)?;
+            self.file = Some(f);
+        }
+        Ok(self.file.as_mut().expect("just set"))
+    }
+
     fn rotate(&mut self) -> io::Result<()> {
         self.sync()?;
         let first = self.first_seq.unwrap_or(0);
         let to = rotated_name(&self.path, first);
+        if to.exists() {
+            return Err(io::Error::other(format!(
+                "cannot rotate to {}: it exists",
+                to.display()
+            )));
+        }
         fs::rename(&self.path, &to)?;
+        // Renamed: from here on, a failure must not rename again.
+        self.file = None;
+        self.len = 0;
+        self.first_seq = None;
+        self.opened = Instant::now();
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             // Make the rename itself durable.
             File::open(dir)?.sync_all()?;
         }
-        self.file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&self.path)?;
-        self.len = 0;
-        self.first_seq = None;
-        self.opened = Instant::now();
         log::info!("audit: rotated {} to {}", self.path.display(), to.display());
-        Ok(())
+        self.file().map(|_| ())
     }
 }
 

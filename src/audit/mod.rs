@@ -58,12 +58,14 @@ pub struct Slot {
 }
 
 impl Slot {
-    pub fn send(self, entry: Entry) {
+    /// Queues the record; false if the writer is gone (the process is stopping).
+    pub fn send(self, entry: Entry) -> bool {
         self.queue.depth.fetch_add(1, Ordering::Relaxed);
         if self.tx.send(entry).is_err() {
-            // The writer is gone (the process is stopping).
             self.queue.depth.fetch_sub(1, Ordering::Relaxed);
+            return false;
         }
+        true
     }
 }
 
@@ -224,6 +226,11 @@ impl Audit {
         }
         self.metrics.audit_refused.inc();
         Err(Refusal::QueueFull)
+    }
+
+    /// Whether a call whose record cannot be kept is refused (not `drop`).
+    pub fn refuses_unrecorded(&self) -> bool {
+        self.on_full != OnFull::Drop
     }
 
     /// A sink has been failing for longer than `fail_closed_after`.

@@ -303,10 +303,18 @@ impl Encoder {
                 );
                 let (t, cut) = self.store(&text, raw.len() > self.max_body, true);
                 // Embedded as JSON when it is JSON: readable, and no escaping.
-                let json = serde_json::from_str::<Box<RawValue>>(&t).unwrap_or_else(|_| {
-                    let quoted = serde_json::to_string(&t).expect("a string serialises");
-                    RawValue::from_string(quoted).expect("a JSON string is JSON")
-                });
+                // A record is one line: pretty-printed JSON is re-encoded compactly.
+                let json = match serde_json::from_str::<Box<RawValue>>(&t) {
+                    Ok(raw) if !raw.get().contains(['\n', '\r']) => raw,
+                    Ok(raw) => serde_json::from_str::<serde_json::Value>(raw.get())
+                        .ok()
+                        .and_then(|v| serde_json::value::to_raw_value(&v).ok())
+                        .expect("valid JSON re-encodes"),
+                    Err(_) => {
+                        let quoted = serde_json::to_string(&t).expect("a string serialises");
+                        RawValue::from_string(quoted).expect("a JSON string is JSON")
+                    }
+                };
                 (Some(json), cut)
             }
         });
@@ -443,6 +451,28 @@ mod tests {
         assert_eq!(v["ts"], "1970-01-01T00:00:00.000Z");
         let v = begin_json(&enc, "plain bob@corp.com");
         assert_eq!(v["request"]["body"], "plain [EMAIL]");
+        // Pretty-printed JSON must not split the record over several lines.
+        let call = r#"{
+  "prompt": "mail bob@corp.com",
+  "n": 1
+}"#;
+        let mut out = Vec::new();
+        let c = Call {
+            id: "r2".into(),
+            started: SystemTime::UNIX_EPOCH,
+            client: None,
+            method: "POST".into(),
+            path: "/".into(),
+            route: None,
+            pool: None,
+            model: None,
+            request_body: Bytes::copy_from_slice(call.as_bytes()),
+            stored_request: OnceLock::new(),
+        };
+        encoder(BodyMode::Raw, 1000).begin(&c, &mut out);
+        assert!(!out.contains(&b'\n'), "{}", String::from_utf8_lossy(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["request"]["body"]["prompt"], "mail bob@corp.com");
 
         // Cut bodies are strings, cut after masking: no half entity survives.
         let enc = encoder(BodyMode::Masked, 20);

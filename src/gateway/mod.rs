@@ -306,7 +306,12 @@ impl ProxyHttp for Gateway {
         if let Some(audit) = &self.audit {
             let call = recording::call(ctx, session.req_header(), &self.route_labels);
             match self.audit_slot(ctx).await {
-                Ok(Some(slot)) => slot.send(Entry::Begin(call.clone())),
+                Ok(Some(slot)) => {
+                    if !slot.send(Entry::Begin(call.clone())) && audit.refuses_unrecorded() {
+                        let err = ClientError::audit_unavailable();
+                        return self.reject(session, ctx, err).await;
+                    }
+                }
                 Ok(None) => {}
                 Err(err) => return self.reject(session, ctx, err).await,
             }
@@ -587,7 +592,12 @@ impl ProxyHttp for Gateway {
             };
             let audit_rules = self.masks.audit_rules().entity_count();
             let outcome = recording::outcome(ctx, status, e, audit_rules);
-            slot.send(Entry::End(call, Box::new(outcome)));
+            if !slot.send(Entry::End(call, Box::new(outcome))) {
+                log::warn!(
+                    "request {}: audit writer stopped; end record lost",
+                    ctx.request_id
+                );
+            }
         }
     }
 }
