@@ -46,14 +46,7 @@ impl FileSink {
     /// Opens (creating) the file and recovers the chain's end.
     pub fn open(cfg: &FileSinkConfig) -> io::Result<(FileSink, Recovered)> {
         let path = PathBuf::from(&cfg.path);
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir)?;
-        }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)?;
+        let mut file = open_append(&path)?;
         let mut recovered = Recovered::default();
         let mut len = file.metadata()?.len();
         let (last, torn_len) = last_line(&mut file, len)?;
@@ -184,12 +177,7 @@ impl FileSink {
     /// The current file, (re)created if a rotation left none.
     fn file(&mut self) -> io::Result<&mut File> {
         if self.file.is_none() {
-            let f = OpenOptions::new()
-                .read(true)
-                .append(true)
-                .create(true)
-                .open(&self.path)?;
-            self.file = Some(f);
+            self.file = Some(open_append(&self.path)?);
         }
         Ok(self.file.as_mut().expect("just set"))
     }
@@ -217,6 +205,19 @@ impl FileSink {
         log::info!("audit: rotated {} to {}", self.path.display(), to.display());
         self.file().map(|_| ())
     }
+}
+
+/// Opens `path` for reading and appending, creating it and its directory.
+/// Also the start-up check that a sink's path is writable.
+pub fn open_append(path: &Path) -> io::Result<File> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir)?;
+    }
+    OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)
 }
 
 /// `dir/stem.<seq>.ext` for `dir/stem.ext`.

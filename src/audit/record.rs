@@ -246,6 +246,14 @@ impl Encoder {
         }
     }
 
+    /// The JSON object of a queued record.
+    pub fn encode(&self, entry: &Entry, out: &mut Vec<u8>) {
+        match entry {
+            Entry::Begin(call) => self.begin(call, out),
+            Entry::End(call, outcome) => self.end(call, outcome, out),
+        }
+    }
+
     pub fn begin(&self, call: &Call, out: &mut Vec<u8>) {
         let rec = BeginJson {
             common: self.common("begin", call),

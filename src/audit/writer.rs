@@ -129,12 +129,7 @@ impl AuditWriter {
 }
 
 fn check_writable(f: &FileSinkConfig) -> std::io::Result<()> {
-    let path = std::path::Path::new(&f.path);
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    OpenOptions::new().append(true).create(true).open(path)?;
-    Ok(())
+    super::file::open_append(std::path::Path::new(&f.path)).map(drop)
 }
 
 #[async_trait]
@@ -253,10 +248,7 @@ impl State {
         let first = live.chain.seq + 1;
         for entry in entries.drain(..) {
             live.object.clear();
-            match &entry {
-                Entry::Begin(call) => self.encoder.begin(call, &mut live.object),
-                Entry::End(call, outcome) => self.encoder.end(call, outcome, &mut live.object),
-            }
+            self.encoder.encode(&entry, &mut live.object);
             let start = live.buf.len();
             let hash = live.chain.seal(&live.object, &mut live.buf);
             live.docs.push((start, live.buf.len() - 1, hash));
@@ -386,10 +378,7 @@ impl State {
         let mut n = 0;
         while let Ok(entry) = self.rx.try_recv() {
             object.clear();
-            match &entry {
-                Entry::Begin(call) => self.encoder.begin(call, &mut object),
-                Entry::End(call, outcome) => self.encoder.end(call, outcome, &mut object),
-            }
+            self.encoder.encode(&entry, &mut object);
             live.chain.seal(&object, &mut out);
             n += 1;
         }
