@@ -83,20 +83,21 @@ def cpu_seconds(pid):
     return (utime + stime + cutime + cstime) / TICKS
 
 
-def peak_rss_mb(pid):
+def _status_mb(pid, key):
+    """A memory figure (`VmHWM`, `VmRSS`) from /proc/PID/status, in MB."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def peak_rss_mb(pid):
+    return _status_mb(pid, "VmHWM")
 
 
 def rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    return _status_mb(pid, "VmRSS")
 
 
 def child_pids(pid):

@@ -13,23 +13,13 @@ requests between them and reports medians:
 Usage: loadtest/ttft.py [--runs 40] [--bin target/release/modelgate]
 Loopback only; bounded by --runs; stops everything it started.
 """
-import argparse, hashlib, http.client, json, os, socket, statistics, subprocess, sys, tempfile, time
+import argparse, hashlib, http.client, json, os, statistics, subprocess, sys, tempfile, time
 
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import free_port, wait_http as _wait_url  # noqa: E402
 
 def wait_http(port, path, timeout=15):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            c.request("GET", path); r = c.getresponse(); r.read()
-            if r.status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    sys.exit(f"timed out waiting for :{port}{path}")
+    _wait_url(f"http://127.0.0.1:{port}{path}", timeout)
 
 def one(port, model, key):
     body = json.dumps({"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]})
