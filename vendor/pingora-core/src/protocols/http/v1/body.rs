@@ -1271,6 +1271,9 @@ pub struct BodyWriter {
     // Boxed to reduce inline size. Only used by the cancel-safe proxy task API.
     send_body_state: Box<SendBodyState>,
     send_finish_state: FinishWriteState,
+    // modelgate patch: set while a whole response is written in one batch, so
+    // chunks are not flushed one by one; the caller flushes once at the end.
+    pub(crate) defer_flush: bool,
 }
 
 impl Default for BodyWriter {
@@ -1285,6 +1288,7 @@ impl BodyWriter {
             body_mode: BM::ToSelect,
             send_body_state: Box::new(SendBodyState::new()),
             send_finish_state: FinishWriteState::NotStarted,
+            defer_flush: false,
         }
     }
 
@@ -1394,7 +1398,9 @@ impl BodyWriter {
                     .write_all_buf(&mut output_buf)
                     .await
                     .or_err(WriteError, "while writing body")?;
-                stream.flush().await.or_err(WriteError, "flushing body")?;
+                if !self.defer_flush {
+                    stream.flush().await.or_err(WriteError, "flushing body")?;
+                }
                 self.body_mode = BM::ChunkedEncoding(written + chunk_size);
                 Ok(Some(chunk_size))
             }

@@ -1557,9 +1557,33 @@ impl HttpSession {
             return self.response_duplex(tasks.pop().unwrap()).await;
         }
 
+        // modelgate patch: when this batch holds the header and ends the
+        // response, nothing is flushed until `finish_body`, so header, body and
+        // the last chunk leave in one send instead of one each.
+        let whole = matches!(tasks.first(), Some(HttpTask::Header(..)))
+            && tasks.iter().any(|t| match t {
+                HttpTask::Header(_, end) | HttpTask::Body(_, end) => *end,
+                HttpTask::Done => true,
+                _ => false,
+            });
         let mut end_stream = false;
         for task in tasks.into_iter() {
             end_stream = match task {
+                HttpTask::Header(mut header, end_stream) if whole => {
+                    if let Some((buf, _)) = self
+                        .prepare_response_header(&mut header)
+                        .map_err(|e| e.into_down())?
+                    {
+                        self.underlying_stream
+                            .write_all(&buf)
+                            .await
+                            .or_err(WriteError, "writing response header")
+                            .map_err(|e| e.into_down())?;
+                        self.response_written = Some(header);
+                    }
+                    self.body_writer.defer_flush = true;
+                    end_stream
+                }
                 HttpTask::Header(header, end_stream) => {
                     self.write_response_header(header)
                         .await
@@ -1578,6 +1602,7 @@ impl HttpSession {
                 HttpTask::Done => true,
                 HttpTask::Failed(e) => {
                     // flush the data we have and quit
+                    self.body_writer.defer_flush = false;
                     self.write_body_buf().await.map_err(|e| e.into_down())?;
                     self.underlying_stream
                         .flush()
@@ -1587,7 +1612,18 @@ impl HttpSession {
                 }
             }
         }
-        self.write_body_buf().await.map_err(|e| e.into_down())?;
+        let written = self.write_body_buf().await.map_err(|e| e.into_down());
+        if self.body_writer.defer_flush {
+            self.body_writer.defer_flush = false;
+            if written.is_err() || !end_stream {
+                self.underlying_stream
+                    .flush()
+                    .await
+                    .or_err(WriteError, "flushing response")
+                    .map_err(|e| e.into_down())?;
+            }
+        }
+        written?;
         if end_stream {
             // no-op if body wasn't initialized or is finished already
             self.finish_body().await.map_err(|e| e.into_down())?;
