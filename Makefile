@@ -37,6 +37,7 @@ demo: deps build
 # the OpenAI SDK check with $MODELGATE_PYTHON), doc tests.
 test: export MODELGATE_PYTHON := $(CURDIR)/$(VENV)/bin/python
 test: deps
+	@PYTHON=$(PYTHON) scripts/system-deps.sh redis-server # tests/policy.rs: shared rate limits
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --all-targets

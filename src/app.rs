@@ -8,6 +8,7 @@ use crate::admin::AdminApp;
 use crate::audit::writer::AuditWriter;
 use crate::config::{Config, ConfigError};
 use crate::gateway::{Built, Gateway};
+use crate::identity::jwt::JwtVerifier;
 use crate::metrics::Metrics;
 use crate::routing::pool::HealthService;
 use pingora_core::apps::http_app::HttpServer;
@@ -20,6 +21,7 @@ pub struct Services {
     gateway: Gateway,
     health: Vec<HealthService>,
     audit_writer: Option<AuditWriter>,
+    jwks: Option<Arc<JwtVerifier>>,
     metrics: Arc<Metrics>,
 }
 
@@ -32,11 +34,13 @@ impl Services {
             gateway,
             health,
             audit_writer,
+            jwks,
         } = Gateway::build(config, metrics.clone())?;
         Ok(Services {
             gateway,
             health,
             audit_writer,
+            jwks,
             metrics,
         })
     }
@@ -67,6 +71,12 @@ impl Services {
         for hc in self.health {
             server.add_service(hc);
         }
+        if let Some(verifier) = self.jwks {
+            server.add_service(pingora_core::services::background::background_service(
+                "modelgate jwks refresh",
+                JwksRefresh(verifier),
+            ));
+        }
         match self.audit_writer {
             Some(writer) => {
                 server.add_service(pingora_core::services::background::background_service(
@@ -75,6 +85,19 @@ impl Services {
                 ));
             }
             None => log::warn!("audit is off: calls are not recorded (see `audit:` in the README)"),
+        }
+    }
+}
+
+/// Keeps the JWT verifier's keys fresh until shutdown.
+struct JwksRefresh(Arc<JwtVerifier>);
+
+#[async_trait::async_trait]
+impl pingora_core::services::background::BackgroundService for JwksRefresh {
+    async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
+        tokio::select! {
+            _ = self.0.clone().refresh_loop() => {}
+            _ = shutdown.changed() => {}
         }
     }
 }

@@ -15,6 +15,8 @@ pub struct ClientError {
     /// OpenAI `code`, e.g. `invalid_api_key`; `None` serialises as `null`.
     pub code: Option<&'static str>,
     pub message: String,
+    /// Seconds for a `Retry-After` header (429).
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -42,6 +44,7 @@ impl ClientError {
             kind,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -52,6 +55,28 @@ impl ClientError {
             Some("invalid_api_key"),
             message,
         )
+    }
+
+    /// A policy rule denied the call.
+    pub fn policy_denied(message: &str) -> Self {
+        Self::new(403, "permission_error", Some("policy_denied"), message)
+    }
+
+    /// A policy rule wants a human to approve the call.
+    pub fn approval_required(message: &str) -> Self {
+        Self::new(403, "permission_error", Some("approval_required"), message)
+    }
+
+    /// Over a rate limit or token budget.
+    pub fn rate_limited(message: String, retry_after: u64) -> Self {
+        let mut e = Self::new(
+            429,
+            "rate_limit_error",
+            Some("rate_limit_exceeded"),
+            message,
+        );
+        e.retry_after = Some(retry_after);
+        e
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {

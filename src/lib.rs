@@ -13,4 +13,5 @@ pub mod gateway;
 pub mod identity;
 pub mod mask;
 pub mod metrics;
+pub mod policy;
 pub mod routing;

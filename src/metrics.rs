@@ -37,6 +37,11 @@ pub struct Metrics {
     pub audit_refused: IntCounter,
     /// Failed sink writes, by sink (each retried).
     pub audit_sink_errors: IntCounterVec,
+    /// Calls a policy rule decided, by route, rule and action.
+    pub policy_decisions: IntCounterVec,
+    /// Calls refused with 429, by kind (`requests`, `completion_tokens`,
+    /// `store_unavailable`).
+    pub rate_limited: IntCounterVec,
 }
 
 impl Metrics {
@@ -117,8 +122,23 @@ impl Metrics {
             &["sink"],
         )
         .unwrap();
+        let policy_decisions = IntCounterVec::new(
+            Opts::new(
+                "policy_decisions_total",
+                "Calls a policy rule decided, by route, rule and action",
+            ),
+            &["route", "rule", "action"],
+        )
+        .unwrap();
+        let rate_limited = IntCounterVec::new(
+            Opts::new("rate_limited_total", "Calls refused with 429, by kind"),
+            &["kind"],
+        )
+        .unwrap();
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(policy_decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rate_limited.clone()),
+            Box::new(requests.clone()),
             Box::new(duration.clone()),
             Box::new(ttfb.clone()),
             Box::new(upstream_errors.clone()),
@@ -149,6 +169,8 @@ impl Metrics {
             audit_dropped,
             audit_refused,
             audit_sink_errors,
+            policy_decisions,
+            rate_limited,
         }
     }
 

@@ -148,6 +148,7 @@ const MASK_MARGIN: usize = 16 * 1024;
 struct ClientJson<'a> {
     name: &'a str,
     groups: &'a [String],
+    via: &'static str,
 }
 
 #[derive(Serialize)]
@@ -237,6 +238,7 @@ impl Encoder {
             client: c.client.as_deref().map(|cl| ClientJson {
                 name: &cl.name,
                 groups: &cl.groups,
+                via: cl.via.as_str(),
             }),
             method: &c.method,
             path: &c.path,

@@ -46,6 +46,13 @@ pub struct Config {
     /// (the gateway warns at start-up).
     #[serde(default)]
     pub audit: Option<AuditConfig>,
+    /// JWT identities (in addition to `clients` API keys).
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    /// Requests per second and completion-token budgets per client and per
+    /// group, shared through Redis when `redis` is set.
+    #[serde(default)]
+    pub rate_limits: Option<crate::policy::limits::RateLimitsConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -342,14 +349,26 @@ impl OneOrMany {
     }
 }
 
-/// What a route's calls may do. Later features (rules, approval) extend
-/// this; unknown keys are rejected.
+/// What a route's calls may do; unknown keys are rejected.
 #[derive(Debug, Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     /// PII masking of responses and prompts.
     #[serde(default)]
     pub mask: MaskPolicy,
+    /// Access rules, evaluated in order; the first that holds decides
+    /// (`allow`, `deny`, `require_approval`). None holding: allow.
+    #[serde(default)]
+    pub rules: Vec<crate::policy::RuleConfig>,
+}
+
+/// How callers prove who they are, besides `clients` API keys.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// JWT bearer tokens (OIDC access tokens): issuer, audience, keys.
+    #[serde(default)]
+    pub jwt: Option<crate::identity::jwt::JwtConfig>,
 }
 
 #[derive(Debug, Deserialize, Clone)]

@@ -128,6 +128,12 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::at("routes", "at least one route is required"));
     }
     let mut route_names = HashSet::new();
+    if let Some(name) = c.policies.keys().find(|n| n.contains('#')) {
+        return Err(ConfigError::at(
+            format!("policies.{name}"),
+            "a policy name cannot contain `#`",
+        ));
+    }
     for (i, r) in c.routes.iter().enumerate() {
         let at = format!("routes[{i}]");
         if !r.path_prefix.starts_with('/') {

@@ -50,6 +50,8 @@ pub struct RequestCtx {
     pub decision: Option<Decision>,
     /// The error the call ended with, if any.
     pub error: Option<ErrorInfo>,
+    /// Counts completion tokens, when token budgets apply.
+    pub usage: Option<crate::policy::usage::UsageMeter>,
 }
 
 impl RequestCtx {
@@ -75,6 +77,7 @@ impl RequestCtx {
             response_content_type: String::new(),
             decision: None,
             error: None,
+            usage: None,
         }
     }
 

@@ -3,6 +3,7 @@
 //! routing (route, pool, host), credentials (header swap), mask (prompts and
 //! streamed responses), errors (what the client sees), metrics. Logic longer than a screen belongs in those modules.
 
+mod access;
 mod context;
 pub mod intake;
 mod recording;
@@ -14,10 +15,14 @@ use crate::audit::writer::AuditWriter;
 use crate::audit::Audit;
 use crate::config::{Config, ConfigError};
 use crate::errors::ClientError;
+use crate::identity::jwt::JwtVerifier;
 use crate::identity::ClientRegistry;
 use crate::mask::codec::ResponseMasker;
 use crate::mask::{MaskEngine, PolicyMasking};
 use crate::metrics::Metrics;
+use crate::policy::limits::Limiter;
+use crate::policy::screen::Screen;
+use crate::policy::{KnownNames, Policy};
 use crate::routing::pool::HealthService;
 use crate::routing::{Router, UpstreamPool};
 use async_trait::async_trait;
@@ -42,6 +47,11 @@ pub struct Gateway {
     route_masking: Vec<PolicyMasking>,
     /// Each route's name and pool name, as the audit records them.
     route_labels: Vec<(Arc<str>, Arc<str>)>,
+    /// Each route's access rules, from its policy.
+    route_policies: Vec<Arc<Policy>>,
+    /// The injection screen, when a rule uses it.
+    screen: Option<Arc<Screen>>,
+    limiter: Option<Arc<Limiter>>,
     audit: Option<Audit>,
 }
 
@@ -50,6 +60,8 @@ pub struct Built {
     pub gateway: Gateway,
     pub health: Vec<HealthService>,
     pub audit_writer: Option<AuditWriter>,
+    /// Keeps JWT keys fresh (a background service), with JWT configured.
+    pub jwks: Option<Arc<JwtVerifier>>,
 }
 
 impl Gateway {
@@ -83,6 +95,17 @@ impl Gateway {
                 )
             })
             .collect();
+        let (route_policies, screen) = compile_policies(config, &masks, &router)?;
+        let limiter = match &config.rate_limits {
+            Some(cfg) => Some(Arc::new(Limiter::new(cfg).map_err(ConfigError)?)),
+            None => None,
+        };
+        let mut clients = ClientRegistry::new(&config.clients);
+        if let Some(jwt) = &config.identity.jwt {
+            jwt.validate().map_err(ConfigError)?;
+            let verifier = JwtVerifier::new(jwt).map_err(|e| ConfigError::at("identity.jwt", e))?;
+            clients = clients.with_jwt(verifier, label_groups(config));
+        }
         let (audit, audit_writer) = match &config.audit {
             Some(cfg) => {
                 let (a, w) = Audit::build(cfg, &masks, metrics.clone())?;
@@ -90,12 +113,16 @@ impl Gateway {
             }
             None => (None, None),
         };
+        let jwks = clients.jwt().cloned();
         let gateway = Gateway {
             masks,
             route_masking,
             route_labels,
+            route_policies,
+            screen,
+            limiter,
             audit,
-            clients: ClientRegistry::new(&config.clients),
+            clients,
             router,
             pools: Arc::new(pools),
             metrics,
@@ -106,6 +133,7 @@ impl Gateway {
             gateway,
             health: services,
             audit_writer,
+            jwks,
         })
     }
 
@@ -193,6 +221,67 @@ impl Gateway {
     }
 }
 
+/// Each route's compiled rules (policies shared between routes are compiled
+/// once), and the injection screen if any rule uses it.
+#[allow(clippy::type_complexity)]
+fn compile_policies(
+    config: &Config,
+    masks: &MaskEngine,
+    router: &Router,
+) -> std::result::Result<(Vec<Arc<Policy>>, Option<Arc<Screen>>), ConfigError> {
+    let known = KnownNames {
+        clients: config.clients.iter().map(|c| c.name.clone()).collect(),
+        groups: config
+            .clients
+            .iter()
+            .flat_map(|c| c.groups.iter().cloned())
+            .collect(),
+        open: config.identity.jwt.is_some(),
+    };
+    // Every policy, used by a route or not, so a bad rule never waits for a
+    // route to reveal it.
+    let mut compiled: std::collections::HashMap<&str, Arc<Policy>> = Default::default();
+    for (name, p) in &config.policies {
+        let policy = Policy::compile(&format!("policies.{name}.rules"), &p.rules, &known, |i| {
+            masks.rule(name, i)
+        })?;
+        compiled.insert(name.as_str(), Arc::new(policy));
+    }
+    compiled
+        .entry("default")
+        .or_insert_with(|| Arc::new(Policy::default()));
+    let screen = compiled
+        .values()
+        .any(|p| p.uses_screen())
+        .then(|| Arc::new(Screen::builtin()));
+    let per_route = router
+        .routes()
+        .iter()
+        .map(|r| compiled[r.policy.as_str()].clone())
+        .collect();
+    Ok((per_route, screen))
+}
+
+/// Groups a JWT caller's metrics label may name: those the configuration
+/// names (in rules and rate limits), so label values stay bounded.
+fn label_groups(config: &Config) -> Vec<String> {
+    let mut groups: Vec<String> = config
+        .rate_limits
+        .iter()
+        .flat_map(|r| r.groups.keys().cloned())
+        .collect();
+    for p in config.policies.values() {
+        for rule in &p.rules {
+            if let Some(g) = &rule.when.groups {
+                groups.extend(g.to_vec());
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    groups.retain(|g| seen.insert(g.clone()));
+    groups
+}
+
 /// Writes an OpenAI-shaped JSON error with `x-request-id`.
 async fn write_error(session: &mut Session, ctx: &RequestCtx, err: &ClientError) -> Result<()> {
     let body = err.body();
@@ -202,6 +291,9 @@ async fn write_error(session: &mut Session, ctx: &RequestCtx, err: &ClientError)
     resp.insert_header("x-request-id", ctx.request_id.as_str())?;
     if err.status == 401 {
         resp.insert_header(http::header::WWW_AUTHENTICATE, "Bearer")?;
+    }
+    if let Some(secs) = err.retry_after {
+        resp.insert_header(http::header::RETRY_AFTER, secs)?;
     }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await
@@ -264,9 +356,9 @@ impl ProxyHttp for Gateway {
         match self.clients.authenticate(&session.req_header().headers) {
             Ok(client) => ctx.client = Some(client),
             Err(e) => {
-                return self
-                    .reject(session, ctx, ClientError::unauthorized(e.message()))
-                    .await
+                let err =
+                    ClientError::new(401, "authentication_error", Some(e.code()), e.message());
+                return self.reject(session, ctx, err).await;
             }
         }
 
@@ -291,6 +383,13 @@ impl ProxyHttp for Gateway {
             }
         }
         ctx.masking = self.route_masking[ctx.route.expect("just set")].clone();
+        // Rules read the prompt as the client sent it, before request masking.
+        if let Err(err) = self
+            .check_access(ctx, session.req_header().uri.path())
+            .await
+        {
+            return self.reject(session, ctx, err).await;
+        }
         if let Some(rules) = &ctx.masking.request {
             if !ctx.body.is_empty() && intake::is_json(session.req_header(), &ctx.body) {
                 let mut counts = vec![0; rules.entity_count()];
@@ -469,6 +568,9 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        if let (Some(meter), Some(b)) = (ctx.usage.as_mut(), body.as_ref()) {
+            meter.feed(b);
+        }
         if let Some(masker) = ctx.masker.as_mut() {
             let chunk = body.take().unwrap_or_default();
             let mut out = Vec::with_capacity(chunk.len() + 64);
@@ -574,7 +676,7 @@ impl ProxyHttp for Gateway {
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx.route.map_or("-", |r| self.router.get(r).name.as_str());
-        let client = ctx.client.as_deref().map_or("-", |c| c.name.as_str());
+        let client = ctx.client.as_deref().map_or("-", |c| &*c.label);
         let mut code = itoa::Buffer::new();
         self.metrics
             .requests
@@ -585,6 +687,7 @@ impl ProxyHttp for Gateway {
             .with_label_values(&[route])
             .observe(ctx.started.elapsed().as_secs_f64());
         self.record_mask_counts(ctx);
+        self.charge_tokens(ctx);
         if let Some(slot) = ctx.audit_slot.take() {
             let call = match ctx.call.clone() {
                 Some(call) => call,

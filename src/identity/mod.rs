@@ -1,7 +1,9 @@
 //! Client identity: who is calling. Owns API-key authentication (keys stored
-//! only as SHA-256, compared in constant time) and the [`Client`] identity that
-//! later stages (policy, metrics, audit) read. Not for authorisation: what a
-//! client may do is the policy's business.
+//! only as SHA-256, compared in constant time), JWT bearer tokens ([`jwt`])
+//! and the [`Client`] identity that later stages (policy, metrics, audit)
+//! read. Not for authorisation: what a client may do is the policy's business.
+
+pub mod jwt;
 
 use crate::config::ClientConfig;
 use http::HeaderMap;
@@ -12,8 +14,31 @@ use subtle::{ConditionallySelectable, ConstantTimeEq};
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Client {
+    /// The API-key client's configured name, or the JWT subject.
     pub name: String,
     pub groups: Vec<String>,
+    /// How the caller proved who it is.
+    pub via: Via,
+    /// What metrics call this client: the configured name for API-key
+    /// clients; for JWT callers (unbounded subjects) `jwt:<group>` for the
+    /// first of their groups the configuration names, else `jwt`.
+    pub label: Arc<str>,
+}
+
+/// The credential a caller presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    ApiKey,
+    Jwt,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::ApiKey => "api_key",
+            Via::Jwt => "jwt",
+        }
+    }
 }
 
 /// Why a request was not authenticated; each maps to a 401 message.
@@ -23,6 +48,8 @@ pub enum AuthError {
     Missing,
     /// A key was presented but matches no client.
     Invalid,
+    /// A JWT was presented and refused.
+    Jwt(jwt::JwtError),
 }
 
 impl AuthError {
@@ -32,6 +59,15 @@ impl AuthError {
                 "Missing API key. Send it as `Authorization: Bearer <key>` or `x-api-key: <key>`."
             }
             AuthError::Invalid => "Invalid API key.",
+            AuthError::Jwt(e) => e.message(),
+        }
+    }
+
+    /// The OpenAI-style `code` of the 401.
+    pub fn code(self) -> &'static str {
+        match self {
+            AuthError::Missing | AuthError::Invalid => "invalid_api_key",
+            AuthError::Jwt(e) => e.code(),
         }
     }
 }
@@ -51,6 +87,9 @@ impl AuthError {
 /// ```
 pub struct ClientRegistry {
     entries: Vec<([u8; 32], Arc<Client>)>,
+    jwt: Option<Arc<jwt::JwtVerifier>>,
+    /// Groups a JWT caller's metrics label may name (bounded by the config).
+    label_groups: Vec<String>,
 }
 
 impl ClientRegistry {
@@ -67,11 +106,30 @@ impl ClientRegistry {
                     Arc::new(Client {
                         name: c.name.clone(),
                         groups: c.groups.clone(),
+                        via: Via::ApiKey,
+                        label: Arc::from(c.name.as_str()),
                     }),
                 )
             })
             .collect();
-        ClientRegistry { entries }
+        ClientRegistry {
+            entries,
+            jwt: None,
+            label_groups: Vec::new(),
+        }
+    }
+
+    /// Also accepts JWT bearer tokens checked by `verifier`. A JWT caller's
+    /// metrics label names the first of its groups found in `label_groups`.
+    pub fn with_jwt(mut self, verifier: Arc<jwt::JwtVerifier>, label_groups: Vec<String>) -> Self {
+        self.jwt = Some(verifier);
+        self.label_groups = label_groups;
+        self
+    }
+
+    /// The JWT verifier, whose key refresh runs as a background service.
+    pub fn jwt(&self) -> Option<&Arc<jwt::JwtVerifier>> {
+        self.jwt.as_ref()
     }
 
     pub fn len(&self) -> usize {
@@ -98,9 +156,25 @@ impl ClientRegistry {
     }
 
     /// Authenticates a request from its headers: `Authorization: Bearer <key>`
-    /// or `x-api-key: <key>`.
+    /// or `x-api-key: <key>`; with JWT configured, a bearer value shaped
+    /// like a JWT is checked as one.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Client>, AuthError> {
         let key = presented_key(headers).ok_or(AuthError::Missing)?;
+        if let Some(verifier) = &self.jwt {
+            if jwt::looks_like_jwt(key) {
+                let id = verifier.verify(key).map_err(AuthError::Jwt)?;
+                let label = match self.label_groups.iter().find(|g| id.groups.contains(g)) {
+                    Some(g) => Arc::from(format!("jwt:{g}")),
+                    None => Arc::from("jwt"),
+                };
+                return Ok(Arc::new(Client {
+                    name: id.subject,
+                    groups: id.groups,
+                    via: Via::Jwt,
+                    label,
+                }));
+            }
+        }
         self.authenticate_key(key).ok_or(AuthError::Invalid)
     }
 }

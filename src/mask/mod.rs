@@ -67,9 +67,20 @@ impl MaskEngine {
         if !config.policies.contains_key("default") {
             names.push(&default_name);
         }
+        // Each policy's `mask`, then each rule's `mask` override, keyed by
+        // [`rule_key`].
+        let mut sets: Vec<(String, &crate::config::MaskPolicy, String)> = Vec::new();
         for name in names {
             let p = config.policies.get(name).unwrap_or(&default_policy);
-            let at = format!("policies.{name}.mask");
+            sets.push((name.clone(), &p.mask, format!("policies.{name}.mask")));
+            for (i, rule) in p.rules.iter().enumerate() {
+                if let Some(mask) = &rule.mask {
+                    let at = format!("policies.{name}.rules[{i}] ({}).mask", rule.name);
+                    sets.push((rule_key(name, i), mask, at));
+                }
+            }
+        }
+        for (name, mask, at) in sets {
             let mut build = |set: &EntitySet,
                              dir: &str|
              -> Result<Option<Arc<MaskRules>>, ConfigError> {
@@ -101,9 +112,9 @@ impl MaskEngine {
                 };
                 let mut styles = Vec::new();
                 for n in detector.names() {
-                    styles.push(*p.mask.styles.get(n).unwrap_or(&p.mask.style));
+                    styles.push(*mask.styles.get(n).unwrap_or(&mask.style));
                 }
-                for key in p.mask.styles.keys() {
+                for key in mask.styles.keys() {
                     if !detector.names().contains(key) && !is_known(key, &custom) {
                         return Err(ConfigError::at(
                             format!("{at}.styles.{key}"),
@@ -125,8 +136,8 @@ impl MaskEngine {
                     max_holdback: m.max_holdback_bytes,
                 })))
             };
-            let response = build(&p.mask.response, "response")?;
-            let request = build(&p.mask.request, "request")?;
+            let response = build(&mask.response, "response")?;
+            let request = build(&mask.request, "request")?;
             policies.insert(name.clone(), PolicyMasking { response, request });
         }
         let all = resolve(&EntitySet::Keyword("all".into()), &custom).expect("`all` resolves");
@@ -160,6 +171,17 @@ impl MaskEngine {
     pub fn policy(&self, name: &str) -> PolicyMasking {
         self.policies.get(name).cloned().unwrap_or_default()
     }
+
+    /// The `mask` override of rule `index` of policy `name`, if it has one.
+    pub fn rule(&self, name: &str, index: usize) -> Option<PolicyMasking> {
+        self.policies.get(&rule_key(name, index)).cloned()
+    }
+}
+
+/// Where a rule's masking override is kept (`#` cannot start a YAML key
+/// unquoted, and a policy named so would still differ by the suffix).
+fn rule_key(policy: &str, index: usize) -> String {
+    format!("{policy}#rule{index}")
 }
 
 fn is_known(name: &str, custom: &[(String, String)]) -> bool {
