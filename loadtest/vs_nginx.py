@@ -9,9 +9,11 @@ per run a fresh proxy process of one of three kinds:
           no access log; worker_processes = --threads
   pass    modelgate passthrough: identity + credential swap, no masking
           (mask: {response: none}), no audit; server.threads = --threads
-  full    modelgate with identity, streaming masking of every entity
+  full    modelgate with identity, five policy rules (injection screen,
+          prompt regex, model and path globs, max_tokens; none holds for the
+          load's request, so all are evaluated), a request-rate limit (local,
+          never reached), streaming masking of every entity
           (mask: {response: all}) and the audit trail to a file sink.
-          Policy rules do not exist in modelgate yet, so none are evaluated.
 
 Each proxy is checked first (wrong key -> 401, the upstream sees the swapped
 credential, full masks the canned answer's PII and the others do not), warmed
@@ -226,7 +228,13 @@ class Gate:
             # one of audit.queue_capacity (8192) queue slots for its record, so more
             # concurrent streams than that are refused (503, fail_closed).
             body += (
-                "policies:\n  default: {mask: {response: all}}\n"
+                "policies:\n  default:\n    mask: {response: all}\n    rules:\n"
+                "      - {name: injection, when: {prompt_injection: true}, action: deny}\n"
+                "      - {name: falcon, when: {prompt_matches: '(?i)project\\s+falcon'}, action: deny}\n"
+                "      - {name: gpt, when: {models: \"gpt-*\"}, action: deny}\n"
+                "      - {name: embeddings, when: {paths: \"/v1/embeddings\"}, action: deny}\n"
+                "      - {name: long, when: {max_tokens_over: 8000}, action: require_approval}\n"
+                "rate_limits:\n  default: {requests_per_second: 1000000, burst: 1000000}\n"
                 f"audit:\n  sinks:\n    - {{kind: file, path: \"{self.dir}/audit.jsonl\"}}\n"
             )
         try:
@@ -716,7 +724,7 @@ def header(args):
         "- proxies: nginx (conf/nginx.conf: key check, credential swap, proxy_buffering off, upstream "
         "keep-alive, no access log); modelgate passthrough (identity + credential swap, "
         "mask: {response: none}, no audit); modelgate full (identity, streaming masking of every "
-        "entity, audit to a file sink). Policy rules do not exist yet: not exercised.",
+        "entity, audit to a file sink, 5 policy rules incl. the injection screen, a local request-rate limit).",
         "- CPU µs/req: proxy CPU time (utime+stime; nginx master + workers) / requests; CPU cores: "
         "the same over the run's wall time; upstream CPU cores: the demo model's (near 1 × its "
         "threads: the upstream limits req/s, compare CPU/req). Peak RSS: VmHWM (nginx: sum of workers). Ratios and "

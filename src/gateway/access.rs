@@ -65,7 +65,10 @@ impl Gateway {
             }
         }
         if let Some(limiter) = &self.limiter {
-            if let Err(l) = limiter.admit(&client.name, &client.groups).await {
+            // Boxed: the Redis round trip's future is large, and inline it
+            // would grow every call's `request_filter` future (copied on
+            // each call) whether or not limits are configured.
+            if let Err(l) = Box::pin(limiter.admit(&client.name, &client.groups)).await {
                 let kind = match l.kind {
                     LimitKind::Requests => "requests",
                     LimitKind::CompletionTokens => "completion_tokens",
