@@ -42,6 +42,8 @@ pub struct Metrics {
     /// Calls refused with 429, by kind (`requests`, `completion_tokens`,
     /// `store_unavailable`).
     pub rate_limited: IntCounterVec,
+    /// Rate-limit store (Redis) calls that failed or timed out since start.
+    pub rate_limit_store_errors: IntGauge,
 }
 
 impl Metrics {
@@ -135,8 +137,14 @@ impl Metrics {
             &["kind"],
         )
         .unwrap();
+        let rate_limit_store_errors = IntGauge::new(
+            "rate_limit_store_errors",
+            "Rate-limit store (Redis) calls that failed or timed out since start",
+        )
+        .unwrap();
         for c in [
-            Box::new(policy_decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rate_limit_store_errors.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(policy_decisions.clone()),
             Box::new(rate_limited.clone()),
             Box::new(requests.clone()),
             Box::new(duration.clone()),
@@ -171,6 +179,7 @@ impl Metrics {
             audit_sink_errors,
             policy_decisions,
             rate_limited,
+            rate_limit_store_errors,
         }
     }
 

@@ -209,7 +209,7 @@ fn each_rule_condition_and_action() {
 fn bad_rules_stop_the_gateway_at_load_naming_the_rule() {
     let up = Upstream::start("u");
     let dir = tempfile::tempdir().unwrap();
-    let check = |policy: &str, needle: &str| {
+    let check_with = |policy: &str, extra: &str, needle: &str| {
         let conf = dir.path().join("bad.yaml");
         std::fs::write(
             &conf,
@@ -217,7 +217,7 @@ fn bad_rules_stop_the_gateway_at_load_naming_the_rule() {
                 "listen: [\"127.0.0.1:{}\"]\n{}{}",
                 free_port(),
                 clients_yaml(),
-                routes(&up, policy, "")
+                routes(&up, policy, extra)
             ),
         )
         .unwrap();
@@ -230,6 +230,7 @@ fn bad_rules_stop_the_gateway_at_load_naming_the_rule() {
         assert!(!out.status.success(), "{policy} was accepted");
         assert!(err.contains(needle), "expected `{needle}` in: {err}");
     };
+    let check = |policy: &str, needle: &str| check_with(policy, "", needle);
     check(
         "    rules:\n      - {name: r1, when: {prompt_matches: '(oops'}, action: deny}\n",
         "policies.default.rules[0] (r1).when.prompt_matches: bad regular expression",
@@ -245,6 +246,16 @@ fn bad_rules_stop_the_gateway_at_load_naming_the_rule() {
     check(
         "    rules:\n      - {name: r4, action: deny, mask: {response: none}}\n",
         "(r4).mask: only an `allow` rule can set masking",
+    );
+    check_with(
+        "    {}\n",
+        "rate_limits:\n  clients:\n    carol: {requests_per_second: 1}\n",
+        "rate_limits.clients.carol: unknown client",
+    );
+    check_with(
+        "    {}\n",
+        "rate_limits:\n  clients:\n    bob: {burst: 3}\n",
+        "rate_limits.clients.bob.burst: needs `requests_per_second`",
     );
 }
 
@@ -392,6 +403,78 @@ fn jwt_identities_are_checked_and_rotated_keys_are_picked_up() {
     assert!(!text.contains(&good_rs), "tokens are not recorded");
 }
 
+/// `python3 -m http.server` serving `dir` on loopback.
+fn file_server(dir: &Path) -> (Proc, u16) {
+    let port = free_port();
+    let child = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("file server", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    (Proc(child), port)
+}
+
+#[test]
+fn jwks_from_a_url_is_refreshed_and_kept_when_the_url_fails() {
+    let up = Upstream::start("u");
+    let site = tempfile::tempdir().unwrap();
+    std::fs::copy(jwt_data("jwks_a.json"), site.path().join("jwks.json")).unwrap();
+    let (server, port) = file_server(site.path());
+    let extra = format!(
+        "identity:\n  jwt:\n    issuer: \"{ISSUER}\"\n    audience: [{AUDIENCE}, other]\n    jwks_url: \"http://127.0.0.1:{port}/jwks.json\"\n    refresh_interval: 1s\n"
+    );
+    let gw = Gateway::start(&routes(&up, "    {}\n", &extra), &[], true);
+    let call = |tok: &str| status_and_json(post(&gw, tok, "/v1/chat/completions", &user("hi")));
+    let a = token(
+        Algorithm::RS256,
+        "rsa_a.pem",
+        "rsa-a",
+        claims("user-1", 300, AUDIENCE),
+    );
+    let b = token(
+        Algorithm::RS256,
+        "rsa_b.pem",
+        "rsa-b",
+        claims("user-2", 300, "other"),
+    );
+    wait_until("keys fetched", Duration::from_secs(10), || {
+        call(&a).0 == 200
+    });
+
+    // The IdP rotates to key B.
+    std::fs::copy(jwt_data("jwks_b.json"), site.path().join("jwks.json")).unwrap();
+    wait_until("rotated key fetched", Duration::from_secs(10), || {
+        call(&b).0 == 200
+    });
+    let (s, v) = call(&a);
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("unknown_kid")),
+        "{v}"
+    );
+
+    // The IdP goes down: the last good keys stay in use.
+    drop(server);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(call(&b).0, 200);
+    let log = gw.log_text();
+    assert!(
+        log.contains("JWT key refresh failed, keeping the 1 key(s) loaded"),
+        "the failed refresh is logged: {log}"
+    );
+}
+
 // ---------------------------------------------------------------- rate limits
 
 struct Redis {
@@ -530,4 +613,18 @@ fn rate_limits_and_token_budgets_are_shared_by_two_gateways_through_redis() {
             || b.metrics()
                 .contains("modelgate_rate_limited_total{kind=\"completion_tokens\"}")
     );
+
+    // Redis gone: `on_error: allow` (the default) admits, and counts it.
+    drop(redis);
+    let (s, v) = status_and_json(post(&a, ALICE_KEY, "/v1/chat/completions", &user("hi")));
+    assert_eq!(s, 200, "{v}");
+    let errors: f64 = a
+        .metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("modelgate_rate_limit_store_errors "))
+        .expect("store error gauge")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(errors >= 1.0, "store errors counted: {errors}");
 }

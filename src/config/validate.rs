@@ -128,6 +128,30 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::at("routes", "at least one route is required"));
     }
     let mut route_names = HashSet::new();
+    // Without JWT every caller is a configured client, so a limit naming
+    // anyone else is a typo that would silently limit nobody.
+    if let (Some(rl), None) = (&c.rate_limits, &c.identity.jwt) {
+        if let Some(name) = rl
+            .clients
+            .keys()
+            .find(|n| !c.clients.iter().any(|cl| &cl.name == *n))
+        {
+            return Err(ConfigError::at(
+                format!("rate_limits.clients.{name}"),
+                "unknown client (not in `clients`)",
+            ));
+        }
+        if let Some(g) = rl
+            .groups
+            .keys()
+            .find(|g| !c.clients.iter().any(|cl| cl.groups.contains(g)))
+        {
+            return Err(ConfigError::at(
+                format!("rate_limits.groups.{g}"),
+                "unknown group (no client in `clients` has it)",
+            ));
+        }
+    }
     if let Some(name) = c.policies.keys().find(|n| n.contains('#')) {
         return Err(ConfigError::at(
             format!("policies.{name}"),

@@ -68,7 +68,11 @@ impl Gateway {
             // Boxed: the Redis round trip's future is large, and inline it
             // would grow every call's `request_filter` future (copied on
             // each call) whether or not limits are configured.
-            if let Err(l) = Box::pin(limiter.admit(&client.name, &client.groups)).await {
+            let admitted = Box::pin(limiter.admit(&client.name, &client.groups)).await;
+            self.metrics
+                .rate_limit_store_errors
+                .set(limiter.store_errors() as i64);
+            if let Err(l) = admitted {
                 let kind = match l.kind {
                     LimitKind::Requests => "requests",
                     LimitKind::CompletionTokens => "completion_tokens",
