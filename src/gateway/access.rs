@@ -28,6 +28,15 @@ impl Gateway {
                 body: &ctx.body,
             };
             let eval = policy.evaluate(&view, self.screen.as_deref());
+            if eval.unreadable {
+                ctx.decision = Some(Decision {
+                    action: "deny",
+                    reason: Some("body is not a JSON object; the policy reads it".into()),
+                });
+                return Err(ClientError::bad_request(
+                    "The request body must be a JSON object: this route's policy reads it.",
+                ));
+            }
             if let Some(rule) = eval.rule {
                 let action = rule.action.as_str();
                 self.metrics
@@ -87,17 +96,17 @@ impl Gateway {
             }
             if limiter.has_budgets() {
                 ctx.usage = Some(usage::UsageMeter::default());
-                if let Some(body) = usage::ask_stream_usage(&ctx.body) {
-                    ctx.body = body.into();
-                }
             }
         }
         Ok(())
     }
 
     /// Charges the call's completion tokens to its budgets (in the
-    /// background: the response is already sent).
-    pub(super) fn charge_tokens(&self, ctx: &RequestCtx) {
+    /// background: the response is already sent). Error answers are free.
+    pub(super) fn charge_tokens(&self, ctx: &RequestCtx, status: u16) {
+        if !(200..400).contains(&status) {
+            return;
+        }
         let (Some(limiter), Some(meter), Some(client)) = (&self.limiter, &ctx.usage, &ctx.client)
         else {
             return;

@@ -117,6 +117,35 @@ pub fn is_json(req: &RequestHeader, body: &[u8]) -> bool {
     }
 }
 
+/// Refuses a path that a model server would read differently from the
+/// gateway: percent-escaped unreserved characters (`/v1/%65mbeddings`),
+/// empty or dot segments (`//`, `/./`, `/../`). Routes and rules match the
+/// path as written, so such a path could slip past a rule that names the
+/// decoded one. Escapes of reserved characters (`%2F` in a model id) stay.
+pub fn check_path(path: &str) -> Result<(), ClientError> {
+    let b = path.as_bytes();
+    let mut bad = path.contains("//");
+    for seg in path.split('/').skip(1) {
+        bad |= seg == "." || seg == "..";
+    }
+    for (i, _) in path.match_indices('%') {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            Some(c) if c.is_ascii_alphanumeric() || b"-._~".contains(&c) => bad = true,
+            Some(_) => {}
+            None => bad = true, // `%` not followed by two hex digits
+        }
+    }
+    if bad {
+        return Err(ClientError::bad_request(
+            "The request path is not in normal form (escaped letters or digits, or empty or dot segments).",
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Deserialize)]
 struct ModelProbe<'a> {
     #[serde(borrow, default)]
@@ -146,6 +175,29 @@ mod tests {
         r.insert_header("content-type", "application/json; charset=utf-8")
             .unwrap();
         r
+    }
+
+    #[test]
+    fn paths_in_normal_form_only() {
+        for ok in [
+            "/v1/chat/completions",
+            "/v1/models/meta-llama%2FLlama-3",
+            "/",
+            "/api/x.y",
+        ] {
+            assert!(check_path(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "/v1/%65mbeddings",
+            "/v1//chat",
+            "/v1/./chat",
+            "/v1/x/../embeddings",
+            "/v1/..",
+            "/v1/%zz",
+            "/v1/%4",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -375,6 +375,10 @@ impl ProxyHttp for Gateway {
         };
 
         let path = session.req_header().uri.path();
+        if let Err(err) = intake::check_path(path) {
+            return self.reject(session, ctx, err).await;
+        }
+        let path = session.req_header().uri.path();
         match self.router.route_index(path, ctx.model.as_deref()) {
             Some(route) => ctx.route = Some(route),
             None => {
@@ -687,7 +691,7 @@ impl ProxyHttp for Gateway {
             .with_label_values(&[route])
             .observe(ctx.started.elapsed().as_secs_f64());
         self.record_mask_counts(ctx);
-        self.charge_tokens(ctx);
+        self.charge_tokens(ctx, status);
         if let Some(slot) = ctx.audit_slot.take() {
             let call = match ctx.call.clone() {
                 Some(call) => call,

@@ -50,6 +50,9 @@ pub enum AuthError {
     Invalid,
     /// A JWT was presented and refused.
     Jwt(jwt::JwtError),
+    /// A valid JWT whose subject is the name of a configured API-key client:
+    /// rules and limits naming that client must not apply to it.
+    SubjectIsAClient,
 }
 
 impl AuthError {
@@ -60,6 +63,9 @@ impl AuthError {
             }
             AuthError::Invalid => "Invalid API key.",
             AuthError::Jwt(e) => e.message(),
+            AuthError::SubjectIsAClient => {
+                "Invalid token: its subject is the name of an API-key client of this gateway."
+            }
         }
     }
 
@@ -68,6 +74,7 @@ impl AuthError {
         match self {
             AuthError::Missing | AuthError::Invalid => "invalid_api_key",
             AuthError::Jwt(e) => e.code(),
+            AuthError::SubjectIsAClient => "subject_conflict",
         }
     }
 }
@@ -163,6 +170,9 @@ impl ClientRegistry {
         if let Some(verifier) = &self.jwt {
             if jwt::looks_like_jwt(key) {
                 let id = verifier.verify(key).map_err(AuthError::Jwt)?;
+                if self.entries.iter().any(|(_, c)| c.name == id.subject) {
+                    return Err(AuthError::SubjectIsAClient);
+                }
                 let label = match self.label_groups.iter().find(|g| id.groups.contains(g)) {
                     Some(g) => Arc::from(format!("jwt:{g}")),
                     None => Arc::from("jwt"),

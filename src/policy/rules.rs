@@ -156,6 +156,10 @@ pub struct Evaluation<'p> {
     pub rule: Option<&'p Rule>,
     /// The screen's verdict, when a rule asked for it.
     pub screen: Option<screen::Verdict>,
+    /// The policy reads the body, and the body is not a JSON object: no
+    /// rule was evaluated and the call must be refused (what the gateway
+    /// cannot read, it cannot judge).
+    pub unreadable: bool,
 }
 
 impl Evaluation<'_> {
@@ -191,6 +195,22 @@ impl Policy {
                 return Err(err("mask", "only an `allow` rule can set masking".into()));
             }
             let w = &rc.when;
+            // An empty list would read as "anyone" for some keys and "no one"
+            // for others: refuse it rather than guess.
+            for (key, list) in [
+                ("clients", &w.clients),
+                ("groups", &w.groups),
+                ("paths", &w.paths),
+                ("models", &w.models),
+                ("prompt_contains", &w.prompt_contains),
+            ] {
+                if list.as_ref().is_some_and(|l| l.to_vec().is_empty()) {
+                    return Err(err(
+                        &format!("when.{key}"),
+                        "is an empty list (leave the key out to not test it)".into(),
+                    ));
+                }
+            }
             let clients = w
                 .clients
                 .as_ref()
@@ -279,7 +299,8 @@ impl Policy {
                 prompt_terms,
                 injection,
             };
-            out.reads_body |= rule.stream.is_some()
+            out.reads_body |= rule.models.is_some()
+                || rule.stream.is_some()
                 || rule.tools.is_some()
                 || rule.max_tokens_over.is_some()
                 || rule.reads_prompt();
@@ -309,6 +330,13 @@ impl Policy {
         let features: OnceCell<Features> = OnceCell::new();
         let verdict: OnceCell<screen::Verdict> = OnceCell::new();
         let feats = || features.get_or_init(|| Features::of(call.body));
+        if self.reads_body && !call.body.is_empty() && !feats().json {
+            return Evaluation {
+                rule: None,
+                screen: None,
+                unreadable: true,
+            };
+        }
         let rule = self.rules.iter().find(|r| {
             r.holds_for_caller(call)
                 && r.holds_for_body(feats)
@@ -323,10 +351,10 @@ impl Policy {
                     (v.score >= threshold) == wanted
                 })
         });
-        debug_assert!(self.reads_body || features.get().is_none());
         Evaluation {
             rule,
             screen: verdict.into_inner(),
+            unreadable: false,
         }
     }
 }
@@ -375,23 +403,53 @@ impl Rule {
 /// What the body asks for, as the conditions read it.
 #[derive(Debug, Default, PartialEq)]
 pub struct Features {
+    /// The body is a JSON object (the fields below are read from it).
+    pub json: bool,
     pub stream: bool,
     pub tools: bool,
     pub max_tokens: Option<u64>,
-    /// Every text a model reads as prompt (messages' content, `prompt`,
-    /// `input`, `system`, `instructions`), joined by newlines. A body that
-    /// is not JSON is its own prompt text.
+    /// Every string in the body a model may read (everything but known
+    /// structural keys such as `role`, `type`, `model`, `id`, `url`),
+    /// joined by newlines. A body that is not JSON is its own prompt text.
     pub prompt: String,
 }
 
-/// Keys whose string values (nested at any depth) are prompt text.
-const PROMPT_KEYS: &[&str] = &[
-    "content",
-    "text",
-    "prompt",
-    "input",
-    "system",
-    "instructions",
+/// Keys whose string values are structure, not text for the model. Keys
+/// are compared ASCII case-insensitively, as Go's `encoding/json` (Ollama)
+/// matches fields.
+const STRUCTURAL_KEYS: &[&str] = &[
+    "role",
+    "type",
+    "model",
+    "id",
+    "object",
+    "url",
+    "media_type",
+    "detail",
+    "format",
+    "tool_call_id",
+    "finish_reason",
+    "encoding_format",
+    "response_format",
+    "service_tier",
+    "reasoning_effort",
+    "tool_choice",
+    "keep_alive",
+    "stream",
+    "max_tokens",
+    "max_completion_tokens",
+    "max_output_tokens",
+    "num_predict",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "n",
+    "logprobs",
+    "top_logprobs",
+    "presence_penalty",
+    "frequency_penalty",
+    "user",
 ];
 
 impl Features {
@@ -403,23 +461,29 @@ impl Features {
                 ..Default::default()
             };
         };
-        let non_empty = |k: &str| {
-            obj.get(k)
-                .is_some_and(|v| v.as_array().is_some_and(|a| !a.is_empty()))
+        // Keys as lenient servers match them: any ASCII case.
+        let get = |k: &'static str| {
+            obj.iter()
+                .filter(move |(key, _)| key.eq_ignore_ascii_case(k))
+                .map(|(_, v)| v)
         };
-        let max_tokens = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
-            .iter()
-            .filter_map(|k| obj.get(*k).and_then(Value::as_u64))
-            .chain(
-                obj.get("options")
-                    .and_then(|o| o.get("num_predict"))
-                    .and_then(Value::as_u64),
-            )
+        let non_empty = |k| get(k).any(|v| v.as_array().is_some_and(|a| !a.is_empty()));
+        let num_predict = get("options")
+            .filter_map(Value::as_object)
+            .flat_map(|o| o.iter())
+            .filter(|(k, _)| k.eq_ignore_ascii_case("num_predict"))
+            .map(|(_, v)| v);
+        let max_tokens = get("max_tokens")
+            .chain(get("max_completion_tokens"))
+            .chain(get("max_output_tokens"))
+            .chain(num_predict)
+            .filter_map(lax_u64)
             .max();
         let mut prompt = String::new();
-        collect_prompt(v.as_ref().expect("an object"), false, &mut prompt);
+        collect_prompt(v.as_ref().expect("an object"), &mut prompt);
         Features {
-            stream: obj.get("stream").and_then(Value::as_bool).unwrap_or(false),
+            json: true,
+            stream: get("stream").any(lax_true),
             tools: non_empty("tools") || non_empty("functions"),
             max_tokens,
             prompt,
@@ -427,11 +491,38 @@ impl Features {
     }
 }
 
-/// Appends the prompt text in `v` to `out`; `inside` says `v` is the value
-/// of a prompt key (or an element of a list that is).
-fn collect_prompt(v: &Value, inside: bool, out: &mut String) {
+/// A count as lenient servers (pydantic's lax mode) read it: `4000`,
+/// `4000.0`, `"4000"`.
+fn lax_u64(v: &Value) -> Option<u64> {
+    let f = match v {
+        Value::Number(n) => return n.as_u64().or_else(|| n.as_f64().and_then(non_negative)),
+        Value::String(s) => s.trim().parse::<f64>().ok()?,
+        _ => return None,
+    };
+    non_negative(f)
+}
+
+fn non_negative(f: f64) -> Option<u64> {
+    (f.is_finite() && f >= 0.0).then(|| f.ceil() as u64)
+}
+
+/// A flag as lenient servers read it: `true`, `1`, `"true"`, `"1"`, `"yes"`.
+fn lax_true(v: &Value) -> bool {
     match v {
-        Value::String(s) if inside => {
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Value::String(s) => matches!(
+            s.trim().to_ascii_lowercase().as_str(),
+            "true" | "1" | "yes" | "on"
+        ),
+        _ => false,
+    }
+}
+
+/// Appends every text string in `v` to `out`, skipping structural keys.
+fn collect_prompt(v: &Value, out: &mut String) {
+    match v {
+        Value::String(s) => {
             if !out.is_empty() {
                 out.push('\n');
             }
@@ -439,14 +530,14 @@ fn collect_prompt(v: &Value, inside: bool, out: &mut String) {
         }
         Value::Array(items) => {
             for item in items {
-                collect_prompt(item, inside, out);
+                collect_prompt(item, out);
             }
         }
-        // Only strings right under a prompt key (or in its lists) count:
-        // `{"type": "text", "text": ...}` parts give their text, not "text".
         Value::Object(map) => {
             for (k, item) in map {
-                collect_prompt(item, PROMPT_KEYS.contains(&k.as_str()), out);
+                if !STRUCTURAL_KEYS.iter().any(|s| k.eq_ignore_ascii_case(s)) {
+                    collect_prompt(item, out);
+                }
             }
         }
         _ => {}
@@ -605,6 +696,52 @@ mod tests {
         assert!(r.unwrap_err().to_string().contains("unknown field `group`"));
         let r: Result<Vec<RuleConfig>, _> = serde_yaml::from_str("[{name: r, action: maybe}]");
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn bodies_are_read_as_lenient_servers_read_them() {
+        let f = Features::of(
+            br#"{"Stream":"true","MAX_TOKENS":"4000.5","Tools":[{}],"Messages":[{"Role":"user","Content":"hi"}]}"#,
+        );
+        assert!(f.json && f.stream && f.tools);
+        assert_eq!(f.max_tokens, Some(4001));
+        assert_eq!(f.prompt, "hi");
+        let f = Features::of(
+            br#"{"stream":0,"max_tokens":-5,"messages":[
+            {"role":"assistant","tool_calls":[{"id":"x","type":"function","function":{"name":"f","arguments":"{\"q\":\"secret\"}"}}]},
+            {"role":"user","content":[{"type":"document","source":{"type":"text","media_type":"text/plain","data":"doc text"}}]}]}"#,
+        );
+        assert!(!f.stream);
+        assert_eq!(f.max_tokens, None);
+        assert_eq!(f.prompt, "f\n{\"q\":\"secret\"}\ndoc text");
+    }
+
+    #[test]
+    fn a_body_the_rules_cannot_read_is_flagged() {
+        let p = policy("[{name: s, when: {stream: true}, action: deny}]").unwrap();
+        let g: Vec<String> = vec![];
+        for body in ["\u{feff}{\"stream\":true}", "stream please", "[1,2]"] {
+            let e = p.evaluate(&call("a", &g, body), None);
+            assert!(e.unreadable && e.rule.is_none(), "{body}");
+        }
+        assert!(!p.evaluate(&call("a", &g, ""), None).unreadable);
+        // A policy that reads only the caller does not care.
+        let p = policy("[{name: c, when: {clients: bob}, action: deny}]").unwrap();
+        assert!(!p.evaluate(&call("a", &g, "stream please"), None).unreadable);
+    }
+
+    #[test]
+    fn empty_lists_are_refused() {
+        for key in ["clients", "groups", "paths", "models", "prompt_contains"] {
+            let e = policy(&format!(
+                "[{{name: r, when: {{{key}: []}}, action: allow}}]"
+            ));
+            let msg = e.err().unwrap().0;
+            assert!(
+                msg.contains(&format!("(r).when.{key}: is an empty list")),
+                "{msg}"
+            );
+        }
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! Completion-token counting for token budgets: reads the token count a
 //! model reports in its response (`usage.completion_tokens` in OpenAI JSON
-//! and streams, `output_tokens` from Anthropic, `eval_count` from Ollama) as
-//! the bytes go by, without parsing frames. A stream that reports no usage is
-//! estimated at one token per SSE event / NDJSON line.
+//! and in streams whose client asked for `stream_options.include_usage`,
+//! `output_tokens` from Anthropic, `eval_count` from Ollama) as the bytes go
+//! by, without parsing frames. Without a reported count, a stream is
+//! estimated at one token per SSE event / NDJSON line (models stream about
+//! one token per event) and any other body at one token per 4 bytes.
 //!
-//! Not here: the budgets themselves (`limits`), asking a stream to report
-//! usage (`stream_options.include_usage`, set by the gateway).
+//! Not here: the budgets themselves (`limits`).
 
 use memchr::memmem;
 
@@ -24,6 +25,7 @@ pub struct UsageMeter {
     carry: Vec<u8>,
     reported: Option<u64>,
     frames: u64,
+    bytes: u64,
 }
 
 impl UsageMeter {
@@ -31,6 +33,7 @@ impl UsageMeter {
         if chunk.is_empty() {
             return;
         }
+        self.bytes += chunk.len() as u64;
         let starts_frame = |rest: &[u8]| rest.first() == Some(&b'{') || rest.starts_with(b"data:");
         // The response's first frame, or one starting right after a chunk
         // that ended with a newline.
@@ -78,33 +81,12 @@ impl UsageMeter {
 
     /// Reported tokens, or the estimate when none were reported.
     pub fn completion_tokens(&self) -> u64 {
-        self.reported.unwrap_or(self.frames)
+        self.reported.unwrap_or(if self.frames > 1 {
+            self.frames
+        } else {
+            self.bytes.div_ceil(4)
+        })
     }
-}
-
-/// An OpenAI-style streaming request (`"stream": true` with `messages` or
-/// `prompt`) rewritten to ask for `stream_options.include_usage`, so the
-/// stream ends with a usage chunk (`"choices": []`) that budgets are charged
-/// from. `None`: the body is left as it is (not such a request, or it
-/// already asks).
-pub fn ask_stream_usage(body: &[u8]) -> Option<Vec<u8>> {
-    // Cheap test first: most calls are not streams.
-    memmem::find(body, b"\"stream\"")?;
-    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let obj = v.as_object_mut()?;
-    let openai = obj.contains_key("messages") || obj.contains_key("prompt");
-    if obj.get("stream") != Some(&serde_json::Value::Bool(true)) || !openai {
-        return None;
-    }
-    let opts = obj
-        .entry("stream_options")
-        .or_insert_with(|| serde_json::json!({}))
-        .as_object_mut()?;
-    if opts.get("include_usage") == Some(&serde_json::Value::Bool(true)) {
-        return None;
-    }
-    opts.insert("include_usage".into(), serde_json::Value::Bool(true));
-    serde_json::to_vec(&v).ok()
 }
 
 /// `  :  123,` → 123; `None` unless digits end before the slice does.
@@ -155,20 +137,6 @@ mod tests {
     }
 
     #[test]
-    fn streams_are_asked_for_usage_once() {
-        let b = br#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-        let asked: serde_json::Value =
-            serde_json::from_slice(&ask_stream_usage(b).unwrap()).unwrap();
-        assert_eq!(asked["stream_options"]["include_usage"], true);
-        assert_eq!(asked["messages"][0]["content"], "hi");
-        assert!(ask_stream_usage(&serde_json::to_vec(&asked).unwrap()).is_none());
-        assert!(ask_stream_usage(br#"{"stream":false,"messages":[]}"#).is_none());
-        assert!(ask_stream_usage(br#"{"stream":true,"input":"x"}"#).is_none());
-        assert!(ask_stream_usage(br#"{"stream":true,"messages":[],"stream_options":7}"#).is_none());
-        assert!(ask_stream_usage(b"not json").is_none());
-    }
-
-    #[test]
     fn without_usage_a_stream_is_estimated_by_events() {
         let mut body = Vec::new();
         for i in 0..10 {
@@ -177,5 +145,8 @@ mod tests {
         let m = meter_of(&[&body]);
         assert_eq!(m.reported(), None);
         assert_eq!(m.completion_tokens(), 10);
+        // A whole body without usage: one token per 4 bytes.
+        let m = meter_of(&[&[b'x'; 400][..]]);
+        assert_eq!(m.completion_tokens(), 100);
     }
 }

@@ -120,42 +120,64 @@ impl Gateway {
     /// to a config file and starts `modelgate -c` on it. Waits for `/healthz`,
     /// and for `/readyz` when `wait_ready`.
     pub fn start(body: &str, env: &[(&str, &str)], wait_ready: bool) -> Gateway {
-        let dir = tempfile::tempdir().unwrap();
-        let addr = format!("127.0.0.1:{}", free_port());
-        let admin = format!("127.0.0.1:{}", free_port());
-        let config = format!(
-            "server:\n  threads: 2\n  pid_file: {d}/modelgate.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 2\nlisten: [\"{addr}\"]\nadmin: {{listen: \"{admin}\", token: \"{ADMIN_TOKEN}\"}}\n{clients}{body}",
-            d = dir.path().display(),
-            clients = clients_yaml(),
-        );
-        let conf_path = dir.path().join("modelgate.yaml");
-        std::fs::write(&conf_path, config).unwrap();
-        let log = dir.path().join("gateway.log");
-        let mut cmd = Command::new(BIN);
-        cmd.arg("-c")
-            .arg(&conf_path)
-            .env("RUST_LOG", "debug")
-            .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap());
-        for (k, v) in env {
-            cmd.env(k, v);
+        // A port from `free_port` can be taken by a parallel test before the
+        // gateway binds it: then the gateway exits at once, and we retry on
+        // fresh ports rather than fail the test.
+        for attempt in 1..=3 {
+            let dir = tempfile::tempdir().unwrap();
+            let addr = format!("127.0.0.1:{}", free_port());
+            let admin = format!("127.0.0.1:{}", free_port());
+            let config = format!(
+                "server:\n  threads: 2\n  pid_file: {d}/modelgate.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 2\nlisten: [\"{addr}\"]\nadmin: {{listen: \"{admin}\", token: \"{ADMIN_TOKEN}\"}}\n{clients}{body}",
+                d = dir.path().display(),
+                clients = clients_yaml(),
+            );
+            let conf_path = dir.path().join("modelgate.yaml");
+            std::fs::write(&conf_path, config).unwrap();
+            let log = dir.path().join("gateway.log");
+            let mut cmd = Command::new(BIN);
+            cmd.arg("-c")
+                .arg(&conf_path)
+                .env("RUST_LOG", "debug")
+                .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
+                .stderr(std::fs::File::create(&log).unwrap());
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            let proc = Proc(cmd.spawn().unwrap());
+            let mut gw = Gateway {
+                addr,
+                admin,
+                log,
+                dir,
+                proc,
+            };
+            let health = format!("http://{}/healthz", gw.admin);
+            let start = Instant::now();
+            loop {
+                if http().get(&health).send().is_ok_and(|r| r.status() == 200) {
+                    if wait_ready {
+                        gw.wait_ready();
+                    }
+                    return gw;
+                }
+                if !gw.is_running() {
+                    let log = gw.log_text();
+                    assert!(
+                        attempt < 3 && log.contains("ddress already in use"),
+                        "gateway exited at start-up:\n{log}"
+                    );
+                    break; // retry on other ports
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "timed out waiting for gateway /healthz; log:\n{}",
+                    gw.log_text()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
-        let proc = Proc(cmd.spawn().unwrap());
-        let gw = Gateway {
-            addr,
-            admin,
-            log,
-            dir,
-            proc,
-        };
-        let health = format!("http://{}/healthz", gw.admin);
-        wait_until("gateway /healthz", Duration::from_secs(15), || {
-            http().get(&health).send().is_ok_and(|r| r.status() == 200)
-        });
-        if wait_ready {
-            gw.wait_ready();
-        }
-        gw
+        unreachable!("the last attempt returns or panics")
     }
 
     pub fn wait_ready(&self) {

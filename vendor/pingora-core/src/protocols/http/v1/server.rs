@@ -1566,6 +1566,7 @@ impl HttpSession {
                 HttpTask::Done => true,
                 _ => false,
             });
+        self.body_writer.defer_flush = false;
         let mut end_stream = false;
         for task in tasks.into_iter() {
             end_stream = match task {
@@ -1613,17 +1614,17 @@ impl HttpSession {
             }
         }
         let written = self.write_body_buf().await.map_err(|e| e.into_down());
-        if self.body_writer.defer_flush {
-            self.body_writer.defer_flush = false;
-            if written.is_err() || !end_stream {
-                self.underlying_stream
-                    .flush()
-                    .await
-                    .or_err(WriteError, "flushing response")
-                    .map_err(|e| e.into_down())?;
-            }
-        }
+        let deferred = std::mem::take(&mut self.body_writer.defer_flush);
+        // On a write error, return it at once: a flush could wait forever on
+        // a client that stopped reading (the write timeout already fired).
         written?;
+        if deferred && !end_stream {
+            self.underlying_stream
+                .flush()
+                .await
+                .or_err(WriteError, "flushing response")
+                .map_err(|e| e.into_down())?;
+        }
         if end_stream {
             // no-op if body wasn't initialized or is finished already
             self.finish_body().await.map_err(|e| e.into_down())?;
