@@ -1,6 +1,6 @@
 //! The Pingora `ProxyHttp` implementation: wiring only. Each hook hands its
 //! concern to the module that owns it: identity (who), intake (body, model),
-//! routing (route, pool, host), credentials (header swap), mask (prompts and
+//! access (policy rules, rate limits), routing (route, pool, host), credentials (header swap), mask (prompts and
 //! streamed responses), errors (what the client sees), metrics. Logic longer than a screen belongs in those modules.
 
 mod access;
@@ -378,7 +378,6 @@ impl ProxyHttp for Gateway {
         if let Err(err) = intake::check_path(path) {
             return self.reject(session, ctx, err).await;
         }
-        let path = session.req_header().uri.path();
         match self.router.route_index(path, ctx.model.as_deref()) {
             Some(route) => ctx.route = Some(route),
             None => {
