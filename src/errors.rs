@@ -48,13 +48,9 @@ impl ClientError {
         }
     }
 
-    pub fn unauthorized(message: &str) -> Self {
-        Self::new(
-            401,
-            "authentication_error",
-            Some("invalid_api_key"),
-            message,
-        )
+    /// Not authenticated; `code` says why (`invalid_api_key`, `token_expired`...).
+    pub fn unauthorized(code: &'static str, message: &str) -> Self {
+        Self::new(401, "authentication_error", Some(code), message)
     }
 
     /// A policy rule denied the call.
@@ -165,7 +161,8 @@ mod tests {
     #[test]
     fn openai_shape() {
         let v: serde_json::Value =
-            serde_json::from_slice(&ClientError::unauthorized("nope").body()).unwrap();
+            serde_json::from_slice(&ClientError::unauthorized("invalid_api_key", "nope").body())
+                .unwrap();
         assert_eq!(v["error"]["message"], "nope");
         assert_eq!(v["error"]["type"], "authentication_error");
         assert_eq!(v["error"]["code"], "invalid_api_key");

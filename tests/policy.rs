@@ -34,6 +34,14 @@ fn status_and_json(resp: reqwest::blocking::Response) -> (u16, Value) {
     (status, resp.json().unwrap_or(Value::Null))
 }
 
+fn retry_after(resp: &reqwest::blocking::Response) -> u64 {
+    resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 fn user(text: &str) -> Value {
     json!({"model": "llama-3-8b", "messages": [{"role": "user", "content": text}]})
 }
@@ -594,11 +602,7 @@ fn rate_limits_and_token_budgets_are_shared_by_two_gateways_through_redis() {
     assert_eq!(ok, 5, "the burst is shared, not 5 per replica");
     assert_eq!(limited.len(), 5);
     let r = limited.pop().unwrap();
-    let retry: u64 = r.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry = retry_after(&r);
     assert!((1..=5).contains(&retry), "Retry-After {retry}");
     let v: Value = r.json().unwrap();
     assert_eq!(v["error"]["code"], "rate_limit_exceeded");
@@ -642,11 +646,7 @@ fn rate_limits_and_token_budgets_are_shared_by_two_gateways_through_redis() {
         spent >= 60,
         "refused only once 60 tokens were spent (spent {spent} after {i} calls)"
     );
-    let retry: u64 = resp.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry = retry_after(&resp);
     assert!((1..=60).contains(&retry), "until the minute ends: {retry}");
     let v: Value = resp.json().unwrap();
     assert!(

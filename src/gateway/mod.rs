@@ -356,8 +356,7 @@ impl ProxyHttp for Gateway {
         match self.clients.authenticate(&session.req_header().headers) {
             Ok(client) => ctx.client = Some(client),
             Err(e) => {
-                let err =
-                    ClientError::new(401, "authentication_error", Some(e.code()), e.message());
+                let err = ClientError::unauthorized(e.code(), e.message());
                 return self.reject(session, ctx, err).await;
             }
         }

@@ -78,7 +78,7 @@ pub struct JwtConfig {
     /// as written (not base64), at least 32 bytes. Use `${ENV}` expansion
     /// rather than writing it in the file. Never printed.
     #[serde(default)]
-    pub hmac_secret: Option<JwtSecret>,
+    pub hmac_secret: Option<crate::config::Secret>,
     /// How often the JWKS URL or file is re-read. Default `5m`.
     #[serde(default = "default_refresh_interval", with = "humantime_serde")]
     pub refresh_interval: Duration,
@@ -112,30 +112,9 @@ fn default_groups_claim() -> String {
 }
 
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
-    }
-    match OneOrMany::deserialize(d) {
-        Ok(OneOrMany::One(s)) => Ok(vec![s]),
-        Ok(OneOrMany::Many(v)) => Ok(v),
-        Err(_) => Err(serde::de::Error::custom(
-            "expected a string or a list of strings",
-        )),
-    }
-}
-
-/// A shared secret from the config; `Debug` never prints it.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct JwtSecret(pub String);
-
-impl fmt::Debug for JwtSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("JwtSecret(<redacted>)")
-    }
+    crate::config::OneOrMany::deserialize(d)
+        .map(|v| v.to_vec())
+        .map_err(|_| serde::de::Error::custom("expected a string or a list of strings"))
 }
 
 /// Where the verification keys come from.
