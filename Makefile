@@ -37,7 +37,9 @@ demo: deps build
 # the OpenAI SDK check with $MODELGATE_PYTHON), doc tests.
 test: export MODELGATE_PYTHON := $(CURDIR)/$(VENV)/bin/python
 test: deps
-	@PYTHON=$(PYTHON) scripts/system-deps.sh redis-server # tests/policy.rs: shared rate limits
+	@PYTHON=$(PYTHON) scripts/system-deps.sh redis-server chromium # tests/policy.rs, tests/approval.rs
+	@command -v node >/dev/null && command -v npm >/dev/null || PYTHON=$(PYTHON) scripts/system-deps.sh nodejs npm
+	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error # playwright-core drives Debian's chromium
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --all-targets

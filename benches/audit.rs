@@ -56,6 +56,7 @@ fn outcome(content_type: &str, bytes: &[u8]) -> Outcome {
         decision: Decision {
             action: "allow",
             reason: None,
+            approval: None,
         },
         error: None,
         request_masks: Masks::default(),

@@ -37,6 +37,7 @@ fn policy(with_prompt: bool) -> Policy {
         clients: Default::default(),
         groups: Default::default(),
         open: true,
+        approval: true,
     };
     Policy::compile("bench", &fifty_rules(with_prompt), &known, |_| None).unwrap()
 }

@@ -5,13 +5,14 @@
 //! `main` and the demo both use it, so they cannot drift apart.
 
 use crate::admin::AdminApp;
+use crate::approval::Approvals;
 use crate::audit::writer::AuditWriter;
 use crate::config::{Config, ConfigError};
 use crate::gateway::{Built, Gateway};
 use crate::identity::jwt::JwtVerifier;
+use crate::identity::ClientRegistry;
 use crate::metrics::Metrics;
 use crate::routing::pool::HealthService;
-use pingora_core::apps::http_app::HttpServer;
 use pingora_core::server::Server;
 use pingora_core::services::listening::Service;
 use std::sync::Arc;
@@ -22,6 +23,8 @@ pub struct Services {
     health: Vec<HealthService>,
     audit_writer: Option<AuditWriter>,
     jwks: Option<Arc<JwtVerifier>>,
+    approvals: Option<Arc<Approvals>>,
+    clients: Arc<ClientRegistry>,
     metrics: Arc<Metrics>,
 }
 
@@ -35,12 +38,16 @@ impl Services {
             health,
             audit_writer,
             jwks,
+            approvals,
+            clients,
         } = Gateway::build(config, metrics.clone())?;
         Ok(Services {
             gateway,
             health,
             audit_writer,
             jwks,
+            approvals,
+            clients,
             metrics,
         })
     }
@@ -63,8 +70,9 @@ impl Services {
                 admin.token.as_ref().map(|t| t.0.as_str()),
                 pools,
                 self.metrics,
+                self.approvals.clone().map(|a| (a, self.clients.clone())),
             );
-            let mut service = Service::new("modelgate admin".to_string(), HttpServer::new_app(app));
+            let mut service = Service::new("modelgate admin".to_string(), app);
             service.add_tcp(&admin.listen);
             server.add_service(service);
         }
@@ -77,6 +85,12 @@ impl Services {
                 JwksRefresh(verifier),
             ));
         }
+        if let Some(approvals) = self.approvals {
+            server.add_service(pingora_core::services::background::background_service(
+                "modelgate approvals",
+                ApprovalsService(approvals),
+            ));
+        }
         match self.audit_writer {
             Some(writer) => {
                 server.add_service(pingora_core::services::background::background_service(
@@ -86,6 +100,17 @@ impl Services {
             }
             None => log::warn!("audit is off: calls are not recorded (see `audit:` in the README)"),
         }
+    }
+}
+
+/// Connects the approval store, sends webhook notices and expires overdue
+/// requests, until shutdown.
+struct ApprovalsService(Arc<Approvals>);
+
+#[async_trait::async_trait]
+impl pingora_core::services::background::BackgroundService for ApprovalsService {
+    async fn start(&self, shutdown: pingora_core::server::ShutdownWatch) {
+        self.0.run(shutdown).await;
     }
 }
 

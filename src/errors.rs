@@ -17,6 +17,8 @@ pub struct ClientError {
     pub message: String,
     /// Seconds for a `Retry-After` header (429).
     pub retry_after: Option<u64>,
+    /// The approval request a ticketed call waits for: `(id, status URL)`.
+    pub approval: Option<Box<(String, String)>>,
 }
 
 #[derive(Serialize)]
@@ -30,6 +32,10 @@ struct Inner<'a> {
     #[serde(rename = "type")]
     kind: &'a str,
     code: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_url: Option<&'a str>,
 }
 
 impl ClientError {
@@ -45,6 +51,7 @@ impl ClientError {
             code,
             message: message.into(),
             retry_after: None,
+            approval: None,
         }
     }
 
@@ -58,9 +65,36 @@ impl ClientError {
         Self::new(403, "permission_error", Some("policy_denied"), message)
     }
 
-    /// A policy rule wants a human to approve the call.
-    pub fn approval_required(message: &str) -> Self {
-        Self::new(403, "permission_error", Some("approval_required"), message)
+    /// A policy rule wants a human to approve the call: a ticket. The
+    /// client repeats the call with `x-modelgate-approval: <id>` once approved.
+    pub fn approval_required(message: &str, id: &str, status_url: String) -> Self {
+        let mut e = Self::new(403, "approval_required", Some("approval_required"), message);
+        e.approval = Some(Box::new((id.to_string(), status_url)));
+        e
+    }
+
+    /// An approver denied the call.
+    pub fn approval_denied(message: String, id: &str) -> Self {
+        let mut e = Self::new(403, "approval_required", Some("approval_denied"), message);
+        e.approval = Some(Box::new((id.to_string(), String::new())));
+        e
+    }
+
+    /// Nobody decided in time (or the client stopped waiting).
+    pub fn approval_expired(message: String, id: &str) -> Self {
+        let mut e = Self::new(403, "approval_required", Some("approval_expired"), message);
+        e.approval = Some(Box::new((id.to_string(), String::new())));
+        e
+    }
+
+    /// An `x-modelgate-approval` that does not admit this call.
+    pub fn approval_invalid(message: &str) -> Self {
+        Self::new(403, "approval_required", Some("approval_invalid"), message)
+    }
+
+    /// The approval store cannot take or answer the request.
+    pub fn approval_unavailable(message: &str) -> Self {
+        Self::new(503, "server_error", Some("approval_unavailable"), message)
     }
 
     /// Over a rate limit or token budget.
@@ -148,6 +182,12 @@ impl ClientError {
                 message: &self.message,
                 kind: self.kind,
                 code: self.code,
+                approval_id: self.approval.as_ref().map(|a| a.0.as_str()),
+                status_url: self
+                    .approval
+                    .as_ref()
+                    .map(|a| a.1.as_str())
+                    .filter(|u| !u.is_empty()),
             },
         };
         Bytes::from(serde_json::to_vec(&body).expect("plain struct serialises"))

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod approval;
 pub mod audit;
 pub mod config;
 pub mod credentials;
@@ -15,3 +16,5 @@ pub mod mask;
 pub mod metrics;
 pub mod policy;
 pub mod routing;
+#[cfg(test)]
+pub(crate) mod testkit;

@@ -44,6 +44,16 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     /// Rate-limit store (Redis) calls that failed or timed out since start.
     pub rate_limit_store_errors: IntGauge,
+    /// Approval steps by event (`requested`, `approved`, `denied`,
+    /// `expired`, `used`, `refused_redeem`).
+    pub approvals: IntCounterVec,
+    /// Approval requests pending (in the store: all replicas with Redis).
+    pub approvals_pending: IntGauge,
+    /// Calls held on this replica, waiting for a decision.
+    pub approvals_held: IntGauge,
+    /// Approval webhook deliveries since start, by outcome (`sent`,
+    /// `failed`, `dropped`, `retries`).
+    pub approval_webhook: IntGaugeVec,
 }
 
 impl Metrics {
@@ -142,8 +152,32 @@ impl Metrics {
             "Rate-limit store (Redis) calls that failed or timed out since start",
         )
         .unwrap();
+        let approvals = IntCounterVec::new(
+            Opts::new("approvals_total", "Approval steps, by event"),
+            &["event"],
+        )
+        .unwrap();
+        let approvals_pending =
+            IntGauge::new("approvals_pending", "Approval requests pending").unwrap();
+        let approvals_held = IntGauge::new(
+            "approvals_held",
+            "Calls held on this replica, waiting for a decision",
+        )
+        .unwrap();
+        let approval_webhook = IntGaugeVec::new(
+            Opts::new(
+                "approval_webhook_deliveries",
+                "Approval webhook deliveries since start, by outcome",
+            ),
+            &["outcome"],
+        )
+        .unwrap();
         for c in [
             Box::new(rate_limit_store_errors.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(approvals.clone()),
+            Box::new(approvals_pending.clone()),
+            Box::new(approvals_held.clone()),
+            Box::new(approval_webhook.clone()),
             Box::new(policy_decisions.clone()),
             Box::new(rate_limited.clone()),
             Box::new(requests.clone()),
@@ -180,6 +214,10 @@ impl Metrics {
             policy_decisions,
             rate_limited,
             rate_limit_store_errors,
+            approvals,
+            approvals_pending,
+            approvals_held,
+            approval_webhook,
         }
     }
 

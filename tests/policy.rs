@@ -67,6 +67,7 @@ fn each_rule_condition_and_action() {
       - name: long-answers-need-approval
         when: {max_tokens_over: 2000}
         action: require_approval
+        approval: ticket
       - name: bob-no-streams
         when: {clients: bob, stream: true}
         action: deny
@@ -80,7 +81,10 @@ fn each_rule_condition_and_action() {
         when: {prompt_injection: true}
         action: deny
 "#;
-    let gw = Gateway::start(&routes(&up, policy, ""), &[], true);
+    // Tickets: the refused call names its approval request (tests/approval.rs
+    // covers the workflow).
+    let approval = "approval:\n  approver_groups: [analysts]\n";
+    let gw = Gateway::start(&routes(&up, policy, approval), &[], true);
 
     // No rule holds: allowed, and masked by the policy's default masking.
     let (s, v) = status_and_json(post(&gw, BOB_KEY, "/v1/chat/completions", &user("hello")));
@@ -101,7 +105,12 @@ fn each_rule_condition_and_action() {
         );
         assert_eq!(s, 403, "{body} -> {v}");
         assert_eq!(v["error"]["code"], code, "{v}");
-        assert_eq!(v["error"]["type"], "permission_error", "{v}");
+        let kind = if code.starts_with("approval") {
+            "approval_required"
+        } else {
+            "permission_error"
+        };
+        assert_eq!(v["error"]["type"], kind, "{v}");
         let msg = v["error"]["message"].as_str().unwrap();
         assert!(msg.contains(needle), "{msg}");
     };
@@ -137,7 +146,7 @@ fn each_rule_condition_and_action() {
         post(&gw, ALICE_KEY, "/v1/chat/completions", &tools).status(),
         200
     );
-    // max_tokens over a bound: require_approval (no approval workflow yet)
+    // max_tokens over a bound: require_approval (a ticket)
     let mut long = user("write a novel");
     long["max_tokens"] = json!(4000);
     denied(
@@ -536,45 +545,6 @@ fn jwks_from_a_url_is_refreshed_and_kept_when_the_url_fails() {
 }
 
 // ---------------------------------------------------------------- rate limits
-
-struct Redis {
-    port: u16,
-    _proc: Proc,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = free_port();
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (make test installs it)");
-        let r = Redis {
-            port,
-            _proc: Proc(child),
-            _dir: dir,
-        };
-        wait_until("redis-server", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        r
-    }
-}
 
 #[test]
 fn rate_limits_and_token_budgets_are_shared_by_two_gateways_through_redis() {

@@ -1,15 +1,22 @@
 //! The admin listener: `/healthz` (the process is up), `/readyz` (every
-//! upstream pool has a healthy host), `/metrics` (Prometheus) and `/upstreams`
-//! (per-host health). Everything except `/healthz` and `/readyz` needs
-//! `Authorization: Bearer <admin.token>`; without a configured token those
-//! endpoints answer 403. Later: approvals and the console.
+//! upstream pool has a healthy host, and the approval store is connected),
+//! `/metrics` (Prometheus) and `/upstreams` (per-host health) need
+//! `Authorization: Bearer <admin.token>` (without a configured token those
+//! answer 403); the approvers' API and console (`/approvals...`, `/ui`) are
+//! in [`approvals`], signed in with the approver's own key or token.
 
+mod approvals;
+
+use crate::approval::Approvals;
+use crate::identity::ClientRegistry;
 use crate::metrics::Metrics;
 use crate::routing::UpstreamPool;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
-use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::apps::{HttpServerApp, ReusedHttpStream};
 use pingora_core::protocols::http::ServerSession;
+use pingora_core::server::ShutdownWatch;
+use pingora_http::ResponseHeader;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -19,14 +26,22 @@ pub struct AdminApp {
     token_digest: Option<[u8; 32]>,
     pools: Arc<Vec<UpstreamPool>>,
     metrics: Arc<Metrics>,
+    /// With `approval:` configured: the service and who may sign in.
+    approvals: Option<(Arc<Approvals>, Arc<ClientRegistry>)>,
 }
 
 impl AdminApp {
-    pub fn new(token: Option<&str>, pools: Arc<Vec<UpstreamPool>>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        token: Option<&str>,
+        pools: Arc<Vec<UpstreamPool>>,
+        metrics: Arc<Metrics>,
+        approvals: Option<(Arc<Approvals>, Arc<ClientRegistry>)>,
+    ) -> Self {
         AdminApp {
             token_digest: token.map(|t| Sha256::digest(t.as_bytes()).into()),
             pools,
             metrics,
+            approvals,
         }
     }
 
@@ -48,11 +63,18 @@ impl AdminApp {
             all &= ready;
             pools.insert(p.name.clone(), json!(ready));
         }
-        (all, json!({"ready": all, "upstreams": pools}))
+        let mut body = json!({"ready": all, "upstreams": pools});
+        if let Some((a, _)) = &self.approvals {
+            let store = a.store().is_ok();
+            all &= store;
+            body["ready"] = json!(all);
+            body["approval_store"] = json!({"kind": a.store_kind(), "ready": store});
+        }
+        (all, body)
     }
 }
 
-fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
+pub(crate) fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
     let body = serde_json::to_vec(&body).expect("json values serialise");
     Response::builder()
         .status(status)
@@ -62,7 +84,7 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8
         .expect("static response parts are valid")
 }
 
-fn error(status: StatusCode, message: &str) -> Response<Vec<u8>> {
+pub(crate) fn error(status: StatusCode, message: &str) -> Response<Vec<u8>> {
     json_response(
         status,
         json!({"error": {"message": message, "type": "admin_error", "code": null}}),
@@ -70,10 +92,61 @@ fn error(status: StatusCode, message: &str) -> Response<Vec<u8>> {
 }
 
 #[async_trait]
-impl ServeHttp for AdminApp {
+impl HttpServerApp for AdminApp {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut http: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match http.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                log::debug!("admin: reading a request: {e}");
+                return None;
+            }
+        }
+        http.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        if http.req_header().uri.path() == "/approvals/stream" {
+            if let Some((approvals, clients)) = &self.approvals {
+                approvals::stream(&mut http, approvals, clients, shutdown.clone()).await;
+                return None;
+            }
+        }
+        let response = self.response(&mut http).await;
+        let (parts, body) = response.into_parts();
+        let header: ResponseHeader = parts.into();
+        if let Err(e) = http.write_response_header(Box::new(header)).await {
+            log::debug!("admin: writing a response: {e}");
+            return None;
+        }
+        if !body.is_empty() {
+            if let Err(e) = http.write_response_body(body.into(), true).await {
+                log::debug!("admin: writing a response: {e}");
+                return None;
+            }
+        }
+        let settings = pingora_core::apps::HttpPersistentSettings::for_session(&http);
+        match http.finish().await {
+            Ok(c) => c.map(|s| ReusedHttpStream::from_reusable_stream(s, settings)),
+            Err(_) => None,
+        }
+    }
+}
+
+impl AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_string();
         let is_get = session.req_header().method == http::Method::GET;
+        if path == "/ui" || path == "/approvals" || path.starts_with("/approvals/") {
+            return match &self.approvals {
+                Some((a, clients)) => approvals::respond(session, &path, a, clients).await,
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    "approval is not configured on this gateway",
+                ),
+            };
+        }
         match path.as_str() {
             "/healthz" => json_response(StatusCode::OK, json!({"status": "ok"})),
             "/readyz" => {

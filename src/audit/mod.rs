@@ -52,14 +52,26 @@ pub struct Audit {
 }
 
 /// The right to queue one record, granted at admission.
-pub struct Slot {
-    tx: mpsc::UnboundedSender<Entry>,
-    queue: Arc<Queue>,
-}
+pub struct Slot(Recorder);
 
 impl Slot {
     /// Queues the record; false if the writer is gone (the process is stopping).
     pub fn send(self, entry: Entry) -> bool {
+        self.0.send(entry)
+    }
+}
+
+/// Queues records that are not admitted calls (approval steps: rare, and
+/// each follows a call or an approver's action that already happened).
+#[derive(Clone)]
+pub struct Recorder {
+    tx: mpsc::UnboundedSender<Entry>,
+    queue: Arc<Queue>,
+}
+
+impl Recorder {
+    /// Queues the record; false if the writer is gone (the process is stopping).
+    pub fn send(&self, entry: Entry) -> bool {
         self.queue.depth.fetch_add(1, Ordering::Relaxed);
         if self.tx.send(entry).is_err() {
             self.queue.depth.fetch_sub(1, Ordering::Relaxed);
@@ -209,7 +221,12 @@ impl Audit {
     }
 
     fn grant(&self) -> Slot {
-        Slot {
+        Slot(self.recorder())
+    }
+
+    /// A handle for records outside the call path (approval steps).
+    pub fn recorder(&self) -> Recorder {
+        Recorder {
             tx: self.tx.clone(),
             queue: self.queue.clone(),
         }

@@ -39,6 +39,19 @@ pub struct Decision {
     pub action: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The approval request a `require_approval` rule's call went through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalRef>,
+}
+
+/// A call's approval request, as its `call` record names it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApprovalRef {
+    pub id: String,
+    /// `pending` (a ticket was issued), `used`, `denied` or `expired`.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
 }
 
 /// An error the call ended with.
@@ -82,6 +95,24 @@ pub enum Entry {
     Begin(Arc<Call>),
     /// Queued when the call is over (forwarded or not).
     End(Arc<Call>, Box<Outcome>),
+    /// A step of an approval request (requested, approved, denied, expired, used).
+    Approval(Box<ApprovalStep>),
+}
+
+/// One step of an approval request, as the audit trail records it.
+pub struct ApprovalStep {
+    /// `requested`, `approved`, `denied`, `expired` or `used`.
+    pub event: &'static str,
+    pub at: SystemTime,
+    /// Who took the step: the approver, or the requester's call; `None`
+    /// for the gateway itself (expiry).
+    pub actor: Option<Arc<Client>>,
+    /// The call (request id) the step happened in, if any.
+    pub call_id: Option<String>,
+    /// Why, where the event alone does not say (e.g. `hold timed out`).
+    pub note: Option<String>,
+    /// The request after the step (its summary is masked).
+    pub approval: crate::approval::store::Approval,
 }
 
 /// Bytes of a stream's end kept once the capture is full (for usage and
@@ -235,11 +266,7 @@ impl Encoder {
             kind,
             id: &c.id,
             ts: humantime::format_rfc3339_millis(c.started).to_string(),
-            client: c.client.as_deref().map(|cl| ClientJson {
-                name: &cl.name,
-                groups: &cl.groups,
-                via: cl.via.as_str(),
-            }),
+            client: c.client.as_deref().map(client_json),
             method: &c.method,
             path: &c.path,
             route: c.route.as_deref(),
@@ -253,7 +280,36 @@ impl Encoder {
         match entry {
             Entry::Begin(call) => self.begin(call, out),
             Entry::End(call, outcome) => self.end(call, outcome, out),
+            Entry::Approval(step) => self.approval(step, out),
         }
+    }
+
+    /// `{"kind":"approval","event":...,"id":<approval id>,...}`.
+    pub fn approval(&self, s: &ApprovalStep, out: &mut Vec<u8>) {
+        #[derive(Serialize)]
+        struct StepJson<'a> {
+            kind: &'static str,
+            event: &'static str,
+            id: &'a str,
+            ts: String,
+            actor: Option<ClientJson<'a>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            call_id: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            note: Option<&'a str>,
+            approval: &'a crate::approval::store::Approval,
+        }
+        let rec = StepJson {
+            kind: "approval",
+            event: s.event,
+            id: &s.approval.id,
+            ts: humantime::format_rfc3339_millis(s.at).to_string(),
+            actor: s.actor.as_deref().map(client_json),
+            call_id: s.call_id.as_deref(),
+            note: s.note.as_deref(),
+            approval: &s.approval,
+        };
+        serde_json::to_writer(out, &rec).expect("records serialise");
     }
 
     pub fn begin(&self, call: &Call, out: &mut Vec<u8>) {
@@ -391,6 +447,14 @@ impl Encoder {
             s.truncate(floor_char(&s, self.max_body));
         }
         (s, cut || already_cut)
+    }
+}
+
+fn client_json(cl: &Client) -> ClientJson<'_> {
+    ClientJson {
+        name: &cl.name,
+        groups: &cl.groups,
+        via: cl.via.as_str(),
     }
 }
 

@@ -53,6 +53,10 @@ pub struct Config {
     /// group, shared through Redis when `redis` is set.
     #[serde(default)]
     pub rate_limits: Option<crate::policy::limits::RateLimitsConfig>,
+    /// Human approval for `require_approval` rules: approver groups, the
+    /// store (memory or Redis), time limits, webhook.
+    #[serde(default)]
+    pub approval: Option<crate::approval::ApprovalConfig>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -152,6 +152,27 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    if let Some(a) = &c.approval {
+        a.validate()?;
+        if c.admin.is_none() {
+            return Err(ConfigError::at(
+                "approval",
+                "needs an `admin:` listener (approvers decide through its API and console)",
+            ));
+        }
+        if c.identity.jwt.is_none() {
+            if let Some(g) = a
+                .approver_groups
+                .iter()
+                .find(|g| !c.clients.iter().any(|cl| cl.groups.contains(g)))
+            {
+                return Err(ConfigError::at(
+                    "approval.approver_groups",
+                    format!("unknown group `{g}` (no client in `clients` has it)"),
+                ));
+            }
+        }
+    }
     if let Some(name) = c.policies.keys().find(|n| n.contains('#')) {
         return Err(ConfigError::at(
             format!("policies.{name}"),

@@ -1,13 +1,20 @@
 //! The access stage of `request_filter`: the route's policy rules, then rate
-//! limits and token budgets. Wiring between `crate::policy` and the request
-//! context: it records the decision for the audit trail and metrics and
-//! turns refusals into client errors.
+//! limits and token budgets, then human approval where a rule requires it
+//! (hold or ticket). Wiring between `crate::policy`, `crate::approval` and
+//! the request context: it records the decision for the audit trail and
+//! metrics and turns refusals into client errors.
 
 use super::{Gateway, RequestCtx};
-use crate::audit::record::Decision;
+use crate::approval::store::{Approval, Mode};
+use crate::approval::{body_hash, HoldEnd, NewRequest};
+use crate::audit::record::{ApprovalRef, Decision};
 use crate::errors::ClientError;
 use crate::policy::limits::LimitKind;
 use crate::policy::{usage, Action, CallView};
+use pingora_proxy::Session;
+
+/// Where a client reads its approval request's status (proxy listener).
+pub const STATUS_PATH: &str = "/modelgate/approvals/";
 
 impl Gateway {
     /// Decides whether the call may go on. On `Err`, `ctx.decision` says why.
@@ -32,6 +39,7 @@ impl Gateway {
                 ctx.decision = Some(Decision {
                     action: "deny",
                     reason: Some("body is not a JSON object; the policy reads it".into()),
+                    ..Default::default()
                 });
                 return Err(ClientError::bad_request(
                     "The request body must be a JSON object: this route's policy reads it.",
@@ -54,6 +62,7 @@ impl Gateway {
                 ctx.decision = Some(Decision {
                     action,
                     reason: Some(reason),
+                    ..Default::default()
                 });
                 match rule.action {
                     Action::Allow => {
@@ -62,13 +71,11 @@ impl Gateway {
                         }
                     }
                     Action::Deny => return Err(ClientError::policy_denied(&rule.message)),
-                    // Until the approval workflow exists, a call that needs
-                    // one is refused, saying so.
+                    // Rate limits first (so a flood never reaches approvers),
+                    // then `approve`.
                     Action::RequireApproval => {
-                        return Err(ClientError::approval_required(&format!(
-                            "{} Approval is not configured on this gateway, so the call was not forwarded.",
-                            rule.message
-                        )))
+                        ctx.approval_rule =
+                            Some((rule.name.clone(), rule.approval, rule.message.clone()));
                     }
                 }
             }
@@ -91,6 +98,7 @@ impl Gateway {
                 ctx.decision = Some(Decision {
                     action: "rate_limited",
                     reason: Some(l.limit.clone()),
+                    ..Default::default()
                 });
                 return Err(ClientError::rate_limited(l.to_string(), l.retry_after_secs));
             }
@@ -99,6 +107,190 @@ impl Gateway {
             }
         }
         Ok(())
+    }
+
+    /// The approval step, for a call a `require_approval` rule holds for:
+    /// redeems the client's `x-modelgate-approval`, or creates a request and
+    /// holds the call or answers with a ticket.
+    pub(super) async fn approve(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), ClientError> {
+        let Some((rule, mode, message)) = ctx.approval_rule.take() else {
+            return Ok(());
+        };
+        let approvals = self
+            .approvals
+            .as_ref()
+            .expect("config validation: require_approval needs `approval:`");
+        let client = ctx.client.clone().expect("authenticated before access");
+        let route = ctx.route.expect("routed before access");
+        if let Some(id) = ctx.approval_id.take() {
+            let hash = body_hash(&ctx.body);
+            return match approvals.redeem(&id, &client, &hash, &ctx.request_id).await {
+                Ok(a) => {
+                    self.approval_decided(ctx, &a, "used");
+                    Ok(())
+                }
+                Err(e) => {
+                    if let Some(d) = &mut ctx.decision {
+                        d.reason = Some(format!("{}; approval {id}: {}", rule, e.message));
+                    }
+                    Err(e)
+                }
+            };
+        }
+        let reason = ctx
+            .decision
+            .as_ref()
+            .and_then(|d| d.reason.clone())
+            .unwrap_or_else(|| format!("rule `{rule}`"));
+        let approval = approvals
+            .request(NewRequest {
+                client: &client,
+                route: self.router.get(route).name.as_str(),
+                path: session.req_header().uri.path(),
+                model: ctx.model.as_deref(),
+                rule: &rule,
+                reason: &reason,
+                mode,
+                body: &ctx.body,
+                call_id: &ctx.request_id,
+            })
+            .await?;
+        if mode == Mode::Ticket {
+            self.approval_decided(ctx, &approval, "pending");
+            let url = format!("{STATUS_PATH}{}", approval.id);
+            return Err(ClientError::approval_required(
+                &format!(
+                    "{message} Approval {} was requested; once it is approved, repeat this exact request with the header `x-modelgate-approval: {}` (status: GET {url}).",
+                    approval.id, approval.id
+                ),
+                &approval.id,
+                url,
+            ));
+        }
+        // Hold: wait for the decision, watching for the client giving up.
+        let gone = async {
+            let _ = session.downstream_session.read_body_or_idle(true).await;
+        };
+        match approvals
+            .hold(&approval, &client, &ctx.request_id, gone)
+            .await?
+        {
+            Ok(a) => {
+                self.approval_decided(ctx, &a, "used");
+                Ok(())
+            }
+            Err(HoldEnd::Denied(a)) => {
+                self.approval_decided(ctx, &a, "denied");
+                let by = a.decided_by.as_deref().unwrap_or("an approver");
+                let why = a
+                    .comment
+                    .as_deref()
+                    .map(|c| format!(": {c}"))
+                    .unwrap_or_default();
+                Err(ClientError::approval_denied(
+                    format!("Approval {} was denied by {by}{why}", a.id),
+                    &a.id,
+                ))
+            }
+            Err(HoldEnd::Expired(a)) => {
+                self.approval_decided(ctx, &a, "expired");
+                Err(ClientError::approval_expired(
+                    format!(
+                        "Approval {} was not granted within {}; the call was not forwarded.",
+                        a.id,
+                        humantime::format_duration(approvals.hold_timeout())
+                    ),
+                    &a.id,
+                ))
+            }
+            Err(HoldEnd::ClientGone) => {
+                self.approval_decided(ctx, &approval, "expired");
+                Err(ClientError::approval_expired(
+                    "The client closed the connection while the call was held.".into(),
+                    &approval.id,
+                ))
+            }
+        }
+    }
+
+    /// `GET /modelgate/approvals/{id}`: a requester reads the status of
+    /// their own approval request (anyone else's is "not found").
+    pub(super) async fn approval_status(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        id: &str,
+    ) -> pingora_error::Result<bool> {
+        let approvals = self.approvals.as_ref().expect("checked by the caller");
+        ctx.decision = Some(Decision {
+            action: "approval_status",
+            reason: None,
+            ..Default::default()
+        });
+        if session.req_header().method != http::Method::GET {
+            let err = ClientError::new(405, "invalid_request_error", None, "Use GET.");
+            return self.reject(session, ctx, err).await;
+        }
+        let client = ctx
+            .client
+            .clone()
+            .expect("authenticated before the status route");
+        let found = match approvals.store() {
+            Ok(store) => store.get(id).await,
+            Err(e) => Err(e),
+        };
+        let a = match found {
+            Ok(Some(a)) if a.requester == client.name => a,
+            Ok(_) => {
+                let err = ClientError::new(
+                    404,
+                    "invalid_request_error",
+                    Some("approval_not_found"),
+                    "No approval request with this id was made by you.",
+                );
+                return self.reject(session, ctx, err).await;
+            }
+            Err(e) => {
+                log::warn!("approval store: {e}");
+                let err = ClientError::approval_unavailable(
+                    "The approval service is unavailable right now.",
+                );
+                return self.reject(session, ctx, err).await;
+            }
+        };
+        let body = serde_json::to_vec(&serde_json::json!({
+            "id": a.id,
+            "status": a.status.as_str(),
+            "rule": a.rule,
+            "created_at_ms": a.created_at_ms,
+            "expires_at_ms": a.expires_at_ms,
+            "decided_by": a.decided_by,
+            "comment": a.comment,
+            "valid_until_ms": a.valid_until_ms,
+            "header": format!("{}: {}", crate::approval::APPROVAL_HEADER, a.id),
+        }))
+        .expect("json values serialise");
+        let resp = super::json_header(200, ctx, body.len())?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session
+            .write_response_body(Some(bytes::Bytes::from(body)), true)
+            .await?;
+        Ok(true)
+    }
+
+    /// Names the approval in the call's decision.
+    fn approval_decided(&self, ctx: &mut RequestCtx, a: &Approval, status: &'static str) {
+        if let Some(d) = &mut ctx.decision {
+            d.approval = Some(ApprovalRef {
+                id: a.id.clone(),
+                status,
+                decided_by: a.decided_by.clone(),
+            });
+        }
     }
 
     /// Charges the call's completion tokens to its budgets (in the

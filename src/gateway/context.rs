@@ -52,6 +52,11 @@ pub struct RequestCtx {
     pub error: Option<ErrorInfo>,
     /// Counts completion tokens, when token budgets apply.
     pub usage: Option<crate::policy::usage::UsageMeter>,
+    /// The `require_approval` rule that holds for this call: name, mode,
+    /// message.
+    pub approval_rule: Option<(Arc<str>, crate::approval::store::Mode, String)>,
+    /// The client's `x-modelgate-approval` header.
+    pub approval_id: Option<String>,
 }
 
 impl RequestCtx {
@@ -78,6 +83,8 @@ impl RequestCtx {
             decision: None,
             error: None,
             usage: None,
+            approval_rule: None,
+            approval_id: None,
         }
     }
 

@@ -10,6 +10,7 @@ mod recording;
 
 pub use context::RequestCtx;
 
+use crate::approval::Approvals;
 use crate::audit::record::{Decision, Entry};
 use crate::audit::writer::AuditWriter;
 use crate::audit::Audit;
@@ -36,7 +37,7 @@ use std::time::Duration;
 
 /// The gateway: everything a request needs, built once from the config.
 pub struct Gateway {
-    clients: ClientRegistry,
+    clients: Arc<ClientRegistry>,
     router: Router,
     pools: Arc<Vec<UpstreamPool>>,
     metrics: Arc<Metrics>,
@@ -53,6 +54,7 @@ pub struct Gateway {
     screen: Option<Arc<Screen>>,
     limiter: Option<Arc<Limiter>>,
     audit: Option<Audit>,
+    approvals: Option<Arc<Approvals>>,
 }
 
 /// What `Gateway::build` makes: the gateway and the background services it needs.
@@ -62,6 +64,12 @@ pub struct Built {
     pub audit_writer: Option<AuditWriter>,
     /// Keeps JWT keys fresh (a background service), with JWT configured.
     pub jwks: Option<Arc<JwtVerifier>>,
+    /// The approval service (its background work and the admin API), with
+    /// `approval:` configured.
+    pub approvals: Option<Arc<Approvals>>,
+    /// Who is calling: shared with the admin API (approvers sign in with
+    /// their own key or token).
+    pub clients: Arc<ClientRegistry>,
 }
 
 impl Gateway {
@@ -114,7 +122,17 @@ impl Gateway {
             None => (None, None),
         };
         let jwks = clients.jwt().cloned();
+        let clients = Arc::new(clients);
+        let approvals = config.approval.as_ref().map(|cfg| {
+            Approvals::build(
+                cfg,
+                audit.as_ref().map(Audit::recorder),
+                masks.audit_rules(),
+                metrics.clone(),
+            )
+        });
         let gateway = Gateway {
+            approvals: approvals.clone(),
             masks,
             route_masking,
             route_labels,
@@ -122,7 +140,7 @@ impl Gateway {
             screen,
             limiter,
             audit,
-            clients,
+            clients: clients.clone(),
             router,
             pools: Arc::new(pools),
             metrics,
@@ -134,6 +152,8 @@ impl Gateway {
             health: services,
             audit_writer,
             jwks,
+            approvals,
+            clients,
         })
     }
 
@@ -197,6 +217,7 @@ impl Gateway {
         ctx.decision.get_or_insert_with(|| Decision {
             action: "deny",
             reason: Some(err.message.clone()),
+            ..Default::default()
         });
         ctx.error = Some(recording::error_info(&err, None));
         write_error(session, ctx, &err).await?;
@@ -215,6 +236,7 @@ impl Gateway {
             ctx.decision = Some(Decision {
                 action: "refused",
                 reason: Some(r.as_str().into()),
+                ..Default::default()
             });
             ClientError::audit_unavailable()
         })
@@ -237,6 +259,7 @@ fn compile_policies(
             .flat_map(|c| c.groups.iter().cloned())
             .collect(),
         open: config.identity.jwt.is_some(),
+        approval: config.approval.is_some(),
     };
     // Every policy, used by a route or not, so a bad rule never waits for a
     // route to reveal it.
@@ -285,10 +308,7 @@ fn label_groups(config: &Config) -> Vec<String> {
 /// Writes an OpenAI-shaped JSON error with `x-request-id`.
 async fn write_error(session: &mut Session, ctx: &RequestCtx, err: &ClientError) -> Result<()> {
     let body = err.body();
-    let mut resp = ResponseHeader::build(err.status, Some(4))?;
-    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-    resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    let mut resp = json_header(err.status, ctx, body.len())?;
     if err.status == 401 {
         resp.insert_header(http::header::WWW_AUTHENTICATE, "Bearer")?;
     }
@@ -297,6 +317,14 @@ async fn write_error(session: &mut Session, ctx: &RequestCtx, err: &ClientError)
     }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await
+}
+
+fn json_header(status: u16, ctx: &RequestCtx, len: usize) -> Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, len)?;
+    resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    Ok(resp)
 }
 
 /// Raised by `upstream_peer` when a pool has no healthy host.
@@ -377,6 +405,17 @@ impl ProxyHttp for Gateway {
         if let Err(err) = intake::check_path(path) {
             return self.reject(session, ctx, err).await;
         }
+        if let Some(id) = path.strip_prefix(access::STATUS_PATH) {
+            if self.approvals.is_some() {
+                let id = id.to_string();
+                return self.approval_status(session, ctx, &id).await;
+            }
+        }
+        ctx.approval_id = session
+            .req_header()
+            .headers
+            .get(crate::approval::APPROVAL_HEADER)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string());
         match self.router.route_index(path, ctx.model.as_deref()) {
             Some(route) => ctx.route = Some(route),
             None => {
@@ -390,6 +429,9 @@ impl ProxyHttp for Gateway {
             .check_access(ctx, session.req_header().uri.path())
             .await
         {
+            return self.reject(session, ctx, err).await;
+        }
+        if let Err(err) = self.approve(session, ctx).await {
             return self.reject(session, ctx, err).await;
         }
         if let Some(rules) = &ctx.masking.request {
@@ -476,6 +518,8 @@ impl ProxyHttp for Gateway {
             req.insert_header(http::header::CONTENT_LENGTH, ctx.body.len())?;
         }
         req.insert_header("x-request-id", ctx.request_id.as_str())?;
+        // The gateway's business, not the model's.
+        req.remove_header(crate::approval::APPROVAL_HEADER);
         Ok(())
     }
 

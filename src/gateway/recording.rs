@@ -60,6 +60,7 @@ pub fn outcome(
     let decision = ctx.decision.take().unwrap_or(Decision {
         action: "allow",
         reason: None,
+        ..Default::default()
     });
     Outcome {
         host: ctx.upstream_host(),

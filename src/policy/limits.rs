@@ -1103,59 +1103,8 @@ mod tests {
 
     mod redis_store {
         use super::*;
-        use std::net::{TcpListener, TcpStream};
-        use std::process::{Child, Command, Stdio};
+        use crate::testkit::{free_port, RedisServer};
         use std::time::Instant;
-
-        /// A real `redis-server` on a free loopback port, killed on drop.
-        struct RedisServer {
-            child: Child,
-            port: u16,
-        }
-
-        impl RedisServer {
-            fn start() -> RedisServer {
-                Self::start_on(free_port())
-            }
-
-            fn start_on(port: u16) -> RedisServer {
-                let child = Command::new("redis-server")
-                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                    .args(["--save", "", "--appendonly", "no"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect(
-                        "redis-server must be installed (Debian: apt-get install redis-server)",
-                    );
-                let server = RedisServer { child, port };
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while TcpStream::connect(("127.0.0.1", port)).is_err() {
-                    assert!(Instant::now() < deadline, "redis-server did not start");
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                server
-            }
-
-            fn url(&self) -> String {
-                format!("redis://127.0.0.1:{}/0", self.port)
-            }
-        }
-
-        impl Drop for RedisServer {
-            fn drop(&mut self) {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
-
-        fn free_port() -> u16 {
-            TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        }
 
         /// A replica: generous timeout, since the test machine may be busy.
         fn replica(url: &str, limits: &str) -> Limiter {
@@ -1324,7 +1273,7 @@ mod tests {
             )))
             .unwrap();
             assert!(limiter.admit("alice", &[]).await.is_err());
-            let _redis = RedisServer::start_on(port);
+            let _redis = RedisServer::start_on(port, &[]);
             let deadline = Instant::now() + Duration::from_secs(15);
             while limiter.admit("alice", &[]).await.is_err() {
                 assert!(Instant::now() < deadline, "never reconnected");

@@ -11,4 +11,4 @@ pub mod rules;
 pub mod screen;
 pub mod usage;
 
-pub use rules::{Action, CallView, Evaluation, KnownNames, Policy, RuleConfig};
+pub use rules::{prompt_text, Action, CallView, Evaluation, KnownNames, Policy, RuleConfig};

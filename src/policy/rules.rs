@@ -9,6 +9,7 @@
 //! budgets (`limits`), what a held call waits for (approval).
 
 use super::screen::{self, Screen};
+use crate::approval::store::Mode;
 use crate::config::{ConfigError, MaskPolicy, OneOrMany};
 use crate::mask::PolicyMasking;
 use aho_corasick::AhoCorasick;
@@ -39,6 +40,11 @@ pub struct RuleConfig {
     /// (same keys). Only with `action: allow`.
     #[serde(default)]
     pub mask: Option<MaskPolicy>,
+    /// With `require_approval`: `hold` (default: the call waits for the
+    /// decision) or `ticket` (403 with an approval id at once; the client
+    /// repeats the call with `x-modelgate-approval: <id>` once approved).
+    #[serde(default)]
+    pub approval: Option<Mode>,
 }
 
 /// What a rule does with a call it holds for.
@@ -109,6 +115,8 @@ pub struct KnownNames {
     /// With JWT identities, subjects and groups come from tokens and cannot
     /// be checked against the configuration.
     pub open: bool,
+    /// `approval:` is configured, so `require_approval` rules can work.
+    pub approval: bool,
 }
 
 /// A compiled rule.
@@ -118,6 +126,8 @@ pub struct Rule {
     pub message: String,
     /// Masking replacing the policy's for calls this rule allows.
     pub masking: Option<PolicyMasking>,
+    /// How a `require_approval` rule's call waits.
+    pub approval: Mode,
     clients: Vec<String>,
     groups: Vec<String>,
     paths: Option<GlobSet>,
@@ -193,6 +203,19 @@ impl Policy {
             }
             if rc.mask.is_some() && rc.action != Action::Allow {
                 return Err(err("mask", "only an `allow` rule can set masking".into()));
+            }
+            if rc.approval.is_some() && rc.action != Action::RequireApproval {
+                return Err(err(
+                    "approval",
+                    "only a `require_approval` rule has an approval mode".into(),
+                ));
+            }
+            if rc.action == Action::RequireApproval && !known.approval {
+                return Err(err(
+                    "action",
+                    "`require_approval` needs an `approval:` section (approver groups, store)"
+                        .into(),
+                ));
             }
             let w = &rc.when;
             // An empty list would read as "anyone" for some keys and "no one"
@@ -288,6 +311,7 @@ impl Policy {
                     _ => format!("Denied by policy rule `{}`.", rc.name),
                 }),
                 masking: masking(i),
+                approval: rc.approval.unwrap_or(Mode::Hold),
                 clients,
                 groups,
                 paths: globs("when.paths", &w.paths)?,
@@ -398,6 +422,12 @@ impl Rule {
                 .as_ref()
                 .is_none_or(|ac| ac.is_match(f.prompt.as_str()))
     }
+}
+
+/// The prompt text of a request body, as rules read it (every string a
+/// model may read, joined by newlines).
+pub fn prompt_text(body: &[u8]) -> String {
+    Features::of(body).prompt
 }
 
 /// What the body asks for, as the conditions read it.
@@ -553,6 +583,7 @@ mod tests {
             clients: ["alice", "bob"].iter().map(|s| s.to_string()).collect(),
             groups: ["interns", "staff"].iter().map(|s| s.to_string()).collect(),
             open: false,
+            approval: true,
         }
     }
 

@@ -290,3 +290,43 @@ pub fn read_timed(
     let at = seen_at.unwrap_or_else(|| panic!("`{marker}` never arrived"));
     (String::from_utf8(bytes).unwrap(), at, total)
 }
+
+/// A real `redis-server` on a free loopback port, stopped on drop.
+pub struct Redis {
+    pub port: u16,
+    _proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (make test installs it)");
+        let r = Redis {
+            port,
+            _proc: Proc(child),
+            _dir: dir,
+        };
+        wait_until("redis-server", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        r
+    }
+}
