@@ -342,14 +342,85 @@ fn held_calls_wait_for_a_human_and_every_step_is_audited() {
         "the chain verifies: {}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // 5. A client that pipelines its next request while held is still
+    // served (those bytes are not a hang-up), then the pipelined request is
+    // served too, in order, and nothing stray reaches the model.
+    let forwarded_before = forwarded(&up);
+    let raw = {
+        let addr = gw.addr.clone();
+        let held = body("pipelined while held", 2000);
+        let next = body("and then this", 10);
+        std::thread::spawn(move || {
+            let head = |len: usize, extra: &str| {
+                format!(
+                    "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {BOB_KEY}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n{extra}\r\n"
+                )
+                .into_bytes()
+            };
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            s.write_all(&[head(held.len(), ""), held].concat()).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            s.write_all(&[head(next.len(), "Connection: close\r\n"), next].concat())
+                .unwrap();
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        })
+    };
+    let piped = pending_from(&gw, "bob")["id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(600));
+    let (_, a) = admin(&gw, ALICE_KEY, "GET", &format!("/approvals/{piped}"), None);
+    assert_eq!(
+        a["status"], "pending",
+        "pipelined bytes are not a hang-up: {a}"
+    );
+    assert_eq!(decide(&gw, ALICE_KEY, &piped, "approve", "").0, 200);
+    let out = raw.join().unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(
+        out.matches("HTTP/1.1 200").count(),
+        2,
+        "both answered: {out}"
+    );
+    let seen = up.seen();
+    assert_eq!(
+        seen.len(),
+        forwarded_before + 2,
+        "the held call, then the next"
+    );
+
     let m = gw.metrics();
+    assert!(m.contains("modelgate_approvals_held 0"), "{m}");
     for line in [
-        r#"modelgate_approvals_total{event="requested"} 4"#,
-        r#"modelgate_approvals_total{event="approved"} 1"#,
-        r#"modelgate_approvals_total{event="used"} 1"#,
+        r#"modelgate_approvals_total{event="requested"} 5"#,
+        r#"modelgate_approvals_total{event="approved"} 2"#,
+        r#"modelgate_approvals_total{event="used"} 2"#,
     ] {
         assert!(m.contains(line), "{line} in\n{m}");
     }
+
+    // 6. Shutting down with a held call: it is answered (503, retry) and
+    // its request withdrawn, in the audit trail too.
+    let mut gw = gw;
+    let rx = call_in_background(&gw, BOB_KEY, body("held at shutdown", 2000));
+    let last = pending_from(&gw, "bob")["id"].as_str().unwrap().to_string();
+    gw.terminate();
+    let (s, v) = rx.recv_timeout(Duration::from_secs(10)).expect("answered");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("approval_unavailable")),
+        "{v}"
+    );
+    let expired: Vec<Value> = std::fs::read_to_string(&audit_file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["kind"] == "approval" && r["id"] == last.as_str() && r["event"] == "expired")
+        .collect();
+    assert_eq!(expired.len(), 1, "withdrawn at shutdown");
+    assert!(expired[0]["note"].as_str().unwrap().contains("shut down"));
 }
 
 #[test]
@@ -408,6 +479,35 @@ fn tickets_are_bound_to_the_body_and_the_requester_and_used_once() {
         (403, Some("approval_invalid")),
         "{v}"
     );
+    // ...so is the same body to another path the rule also holds for, or
+    // with another content type (which could change the route or skip
+    // request masking)...
+    let to = |path: &str, ctype: &str| {
+        let r = client(Duration::from_secs(10))
+            .post(gw.url(path))
+            .bearer_auth(BOB_KEY)
+            .header("content-type", ctype)
+            .header("x-modelgate-approval", id.as_str())
+            .body(ticketed.clone())
+            .send()
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<Value>().unwrap_or(Value::Null),
+        )
+    };
+    for (path, ctype) in [
+        ("/v1/completions", "application/json"),
+        ("/v1/chat/completions", "text/plain"),
+        ("/v1/chat/completions?x=1", "application/json"),
+    ] {
+        let (s, v) = to(path, ctype);
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (403, Some("approval_invalid")),
+            "{path} {ctype}: {v}"
+        );
+    }
     // ...so is another client with the same body...
     let (s, v) = call(&gw, ALICE_KEY, &ticketed, Some(&id));
     assert_eq!(
@@ -458,6 +558,38 @@ fn tickets_are_bound_to_the_body_and_the_requester_and_used_once() {
         .send()
         .unwrap();
     assert_eq!(resp.status().as_u16(), 400);
+    // The stream and /me need a signed-in identity; the stream an approver.
+    for path in ["/approvals/stream", "/approvals/me", "/approvals"] {
+        let r = client(Duration::from_secs(5))
+            .get(gw.admin_url(path))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{path}");
+    }
+    for path in ["/approvals/stream", "/approvals?status=pending"] {
+        let r = client(Duration::from_secs(5))
+            .get(gw.admin_url(path))
+            .bearer_auth(BOB_KEY)
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 403, "{path}");
+    }
+    let (s, me) = admin(&gw, BOB_KEY, "GET", "/approvals/me", None);
+    assert_eq!(
+        (s, me["name"].as_str(), me["approver"].as_bool()),
+        (200, Some("bob"), Some(false))
+    );
+    // A stray ticket header that is not an id is refused without echoing it.
+    let (s, v) = call(&gw, BOB_KEY, &ticketed, Some("<script>x</script>"));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("approval_invalid")),
+        "{v}"
+    );
+    assert!(
+        !v["error"]["message"].as_str().unwrap().contains("<script>"),
+        "{v}"
+    );
 }
 
 #[test]

@@ -32,6 +32,9 @@ const MAX_COMMENT_CHARS: usize = 2000;
 const MAX_LIST: usize = 1000;
 /// A comment line on idle streams, so dead connections are noticed.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// A stream ends after this; the console reconnects, and so signs in again
+/// (a revoked key or an expired token loses the feed within this time).
+const STREAM_LIFETIME: Duration = Duration::from_secs(300);
 
 fn coded(status: StatusCode, code: &str, message: &str) -> Response<Vec<u8>> {
     json_response(
@@ -316,6 +319,8 @@ pub async fn stream(
     }
     let mut tick = tokio::time::interval(KEEP_ALIVE);
     tick.tick().await;
+    let end = tokio::time::sleep(STREAM_LIFETIME);
+    tokio::pin!(end);
     loop {
         let chunk = tokio::select! {
             ev = events.recv() => match ev {
@@ -332,6 +337,7 @@ pub async fn stream(
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             },
             _ = tick.tick() => Bytes::from_static(b": keep-alive\n\n"),
+            _ = &mut end => break,
             _ = shutdown.changed() => break,
         };
         if http.write_response_body(chunk, false).await.is_err() {

@@ -23,6 +23,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use store::{Approval, ApprovalStore, ConsumeError, DecideError, Mode, Status, StoreError};
 
+/// Bytes of prompt text masked beyond the summary's cut (longer than any
+/// built-in entity).
+const SUMMARY_MARGIN: usize = 16 * 1024;
+
 /// The header a client repeats a ticketed call with.
 pub const APPROVAL_HEADER: &str = "x-modelgate-approval";
 
@@ -187,6 +191,8 @@ pub struct NewRequest<'a> {
     pub reason: &'a str,
     pub mode: Mode,
     pub body: &'a [u8],
+    /// [`request_hash`] of the call.
+    pub request_sha256: &'a str,
     pub call_id: &'a str,
 }
 
@@ -196,6 +202,8 @@ pub enum HoldEnd {
     Expired(Approval),
     /// The client closed the connection while waiting.
     ClientGone,
+    /// The gateway is shutting down; the request was withdrawn.
+    ShuttingDown,
 }
 
 /// The service: store, notifier, audit and the settings.
@@ -216,7 +224,9 @@ pub struct Approvals {
     /// Requests being decided on this replica whose decision is not yet
     /// audited: a call released by the decision waits for that record, so
     /// the trail reads approved → used, never the reverse.
-    deciding: std::sync::Mutex<std::collections::HashSet<String>>,
+    deciding: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// Flipped when the server shuts down: held calls are released (503).
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 fn now_ms() -> u64 {
@@ -225,9 +235,36 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Lowercase hex SHA-256 of the exact body: what an approval is bound to.
+/// Lowercase hex SHA-256 of the exact body (shown to approvers).
 pub fn body_hash(body: &[u8]) -> String {
     hex::encode(Sha256::digest(body))
+}
+
+/// What an approval is bound to: SHA-256 over the method, path and query,
+/// content type, route, rule and body. The content type and path decide the
+/// route and whether request masking runs, so a ticket cannot be replayed
+/// to another route, under another rule or with masking skipped.
+pub fn request_hash(
+    method: &str,
+    path_and_query: &str,
+    content_type: &[u8],
+    route: &str,
+    rule: &str,
+    body: &[u8],
+) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        method.as_bytes(),
+        path_and_query.as_bytes(),
+        content_type,
+        route.as_bytes(),
+        rule.as_bytes(),
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.update(body);
+    hex::encode(h.finalize())
 }
 
 impl Approvals {
@@ -262,6 +299,7 @@ impl Approvals {
             summary_rules,
             metrics,
             deciding: Default::default(),
+            shutdown: tokio::sync::watch::channel(false).0,
         };
         let approvals = if approvals.redis.is_none() {
             let _ = approvals.store.set(ApprovalStore::memory(store_cfg));
@@ -297,7 +335,10 @@ impl Approvals {
                         log::error!("approval store: {e}; retrying in {backoff:?}");
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}
-                            _ = shutdown.changed() => return,
+                            _ = shutdown.changed() => {
+                                self.shutdown.send_replace(true);
+                                return;
+                            }
                         }
                         backoff = (backoff * 2).min(Duration::from_secs(10));
                     }
@@ -317,7 +358,10 @@ impl Approvals {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {
+                    self.shutdown.send_replace(true);
+                    return;
+                }
             }
             let Some(store) = self.store.get() else {
                 continue;
@@ -377,9 +421,18 @@ impl Approvals {
 
     /// The masked prompt text approvers read, cut to `summary_chars`.
     pub fn summary(&self, body: &[u8]) -> String {
-        let text = crate::policy::prompt_text(body);
+        let mut text = crate::policy::prompt_text(body);
+        // Masked, then cut: the prefix masked reaches past the cut by more
+        // than the longest entity, so one straddling the cut is masked too.
+        let keep = self.summary_chars.saturating_mul(4) + SUMMARY_MARGIN;
+        if text.len() > keep {
+            let mut end = keep;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
         let mut counts = vec![0; self.summary_rules.entity_count()];
-        // Masked whole, then cut: an entity straddling the cut is masked too.
         let masked = self.summary_rules.mask_all(&text, &mut counts);
         match masked.char_indices().nth(self.summary_chars) {
             Some((i, _)) => format!("{}…", &masked[..i]),
@@ -405,6 +458,7 @@ impl Approvals {
             reason: r.reason.to_string(),
             summary: self.summary(r.body),
             body_sha256: body_hash(r.body),
+            request_sha256: r.request_sha256.to_string(),
             created_at_ms: now,
             expires_at_ms: now + self.ttl.as_millis() as u64,
             decided_by: None,
@@ -455,73 +509,76 @@ impl Approvals {
     ) -> Result<Result<Approval, HoldEnd>, ClientError> {
         let store = self.store().map_err(unavailable)?;
         let deadline = tokio::time::Instant::now() + self.hold_timeout;
-        self.metrics.approvals_held.inc();
-        let seen = tokio::select! {
-            r = store.wait(&approval.id, deadline) => Some(r),
-            _ = gone => None,
+        let mut shutdown = self.shutdown.subscribe();
+        let seen = {
+            let _held = Held::new(&self.metrics.approvals_held);
+            tokio::select! {
+                r = store.wait(&approval.id, deadline) => Ok(r),
+                _ = gone => Err(HoldEnd::ClientGone),
+                _ = shutdown.wait_for(|down| *down) => Err(HoldEnd::ShuttingDown),
+            }
         };
-        self.metrics.approvals_held.dec();
         let seen = match seen {
-            Some(r) => r.map_err(unavailable)?,
-            None => {
+            Ok(r) => r.map_err(unavailable)?,
+            Err(end) => {
+                let note = match end {
+                    HoldEnd::ShuttingDown => "the gateway shut down while the call was held",
+                    _ => "the client closed the connection while held",
+                };
                 if let Ok(Some(a)) = store.expire(&approval.id, true).await {
+                    self.step("expired", Some(client), Some(call_id), Some(note), a);
+                }
+                return Ok(Err(end));
+            }
+        };
+        let seen = match seen.status {
+            // The hold timed out: nobody decided in time.
+            Status::Pending => match store.expire(&seen.id, true).await.map_err(unavailable)? {
+                Some(a) => {
                     self.step(
                         "expired",
                         Some(client),
                         Some(call_id),
-                        Some("the client closed the connection while held"),
-                        a,
+                        Some("hold timed out"),
+                        a.clone(),
                     );
+                    return Ok(Err(HoldEnd::Expired(a)));
                 }
-                return Ok(Err(HoldEnd::ClientGone));
-            }
+                // Decided in the last instant: look again.
+                None => store
+                    .get(&seen.id)
+                    .await
+                    .map_err(unavailable)?
+                    .unwrap_or(seen),
+            },
+            _ => seen,
         };
         match seen.status {
             Status::Approved => self
-                .redeem(&seen.id, client, &seen.body_sha256, call_id)
+                .redeem(&seen.id, client, &seen.request_sha256, call_id)
                 .await
                 .map(Ok),
             Status::Denied => Ok(Err(HoldEnd::Denied(seen))),
-            Status::Pending => {
-                // The hold timed out: nobody decided in time.
-                match store.expire(&seen.id, true).await.map_err(unavailable)? {
-                    Some(a) => {
-                        self.step(
-                            "expired",
-                            Some(client),
-                            Some(call_id),
-                            Some("hold timed out"),
-                            a.clone(),
-                        );
-                        Ok(Err(HoldEnd::Expired(a)))
-                    }
-                    // Decided in the last instant: look again.
-                    None => match store.get(&seen.id).await.map_err(unavailable)? {
-                        Some(a) if a.status == Status::Approved => self
-                            .redeem(&a.id, client, &a.body_sha256, call_id)
-                            .await
-                            .map(Ok),
-                        Some(a) if a.status == Status::Denied => Ok(Err(HoldEnd::Denied(a))),
-                        Some(a) => Ok(Err(HoldEnd::Expired(a))),
-                        None => Ok(Err(HoldEnd::Expired(seen))),
-                    },
-                }
-            }
-            Status::Expired | Status::Used => Ok(Err(HoldEnd::Expired(seen))),
+            _ => Ok(Err(HoldEnd::Expired(seen))),
         }
     }
 
-    /// Redeems an approved request for this client and body (single use).
+    /// Redeems an approved request for this client and request (single use).
     pub async fn redeem(
         &self,
         id: &str,
         client: &Client,
-        body_sha256: &str,
+        request_sha256: &str,
         call_id: &str,
     ) -> Result<Approval, ClientError> {
+        if !store::plausible_id(id) {
+            return Err(ClientError::approval_invalid(&format!(
+                "`{APPROVAL_HEADER}` does not hold an approval id."
+            )));
+        }
         let store = self.store().map_err(unavailable)?;
         self.decision_audited(id).await;
-        match store.consume(id, &client.name, body_sha256).await {
+        match store.consume(id, &client.name, request_sha256).await {
             Ok(a) => {
                 self.step("used", Some(client), Some(call_id), None, a.clone());
                 Ok(a)
@@ -548,24 +605,32 @@ impl Approvals {
         comment: Option<String>,
     ) -> Result<Approval, DecideError> {
         let store = self.store().map_err(DecideError::Store)?;
-        self.deciding_set().insert(id.to_string());
+        *self.deciding_set().entry(id.to_string()).or_default() += 1;
         let decided = store.decide(id, &approver.name, approve, comment).await;
         if let Ok(a) = &decided {
             let event = if approve { "approved" } else { "denied" };
             self.step(event, Some(approver), None, None, a.clone());
         }
-        self.deciding_set().remove(id);
+        {
+            let mut set = self.deciding_set();
+            if let Some(n) = set.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    set.remove(id);
+                }
+            }
+        }
         decided
     }
 
-    fn deciding_set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+    fn deciding_set(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, usize>> {
         self.deciding.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Waits (briefly) until a decision made on this replica is audited.
     async fn decision_audited(&self, id: &str) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while self.deciding_set().contains(id) {
+        while self.deciding_set().contains_key(id) {
             if tokio::time::Instant::now() >= deadline {
                 log::warn!("approval {id}: its decision was not audited within 5s");
                 return;
@@ -602,6 +667,22 @@ impl Approvals {
                 log::warn!("audit writer gone: approval step not recorded");
             }
         }
+    }
+}
+
+/// Counts a held call while it waits (also when its future is dropped).
+struct Held<'a>(&'a prometheus::IntGauge);
+
+impl<'a> Held<'a> {
+    fn new(g: &'a prometheus::IntGauge) -> Self {
+        g.inc();
+        Held(g)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

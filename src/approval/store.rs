@@ -200,6 +200,11 @@ pub struct Approval {
     pub summary: String,
     /// Lowercase hex SHA-256 of the exact request body.
     pub body_sha256: String,
+    /// What the approval is bound to: lowercase hex SHA-256 over the method,
+    /// path and query, content type, route, rule and body (made by the
+    /// caller). A redeeming call must hash the same.
+    #[serde(default)]
+    pub request_sha256: String,
     pub created_at_ms: u64,
     /// A pending request becomes expired after this.
     pub expires_at_ms: u64,
@@ -406,7 +411,7 @@ impl fmt::Display for ConsumeError {
                 f.write_str("this approval was requested by a different client")
             }
             ConsumeError::WrongBody => f.write_str(
-                "this approval is for a different request body; repeat exactly the request that was approved",
+                "this approval is for a different request (body, path, method, content type or route); repeat exactly the request that was approved",
             ),
             ConsumeError::NotApproved(Status::Pending) => {
                 f.write_str("this approval request is still waiting for a decision")
@@ -622,7 +627,7 @@ impl ApprovalStore {
         &self,
         id: &str,
         requester: &str,
-        body_sha256: &str,
+        request_sha256: &str,
     ) -> Result<Approval, ConsumeError> {
         if !plausible_id(id) {
             return Err(ConsumeError::NotFound);
@@ -630,7 +635,7 @@ impl ApprovalStore {
         match &self.inner.backend {
             Backend::Memory(m) => {
                 let mut m = lock(m);
-                let a = m.consume(id, requester, body_sha256, unix_ms())?;
+                let a = m.consume(id, requester, request_sha256, unix_ms())?;
                 self.inner.hub.publish(Event {
                     kind: EventKind::Used,
                     approval: a.clone(),
@@ -638,7 +643,7 @@ impl ApprovalStore {
                 Ok(a)
             }
             Backend::Redis(r) => {
-                let a = r.consume(id, requester, body_sha256).await?;
+                let a = r.consume(id, requester, request_sha256).await?;
                 self.inner.hub.wake(id);
                 Ok(a)
             }
@@ -924,14 +929,14 @@ impl Memory {
         &mut self,
         id: &str,
         requester: &str,
-        body_sha256: &str,
+        request_sha256: &str,
         now: u64,
     ) -> Result<Approval, ConsumeError> {
         let a = self.records.get_mut(id).ok_or(ConsumeError::NotFound)?;
         if a.requester != requester {
             return Err(ConsumeError::WrongClient);
         }
-        if a.body_sha256 != body_sha256 {
+        if a.request_sha256 != request_sha256 {
             return Err(ConsumeError::WrongBody);
         }
         match a.status {
@@ -1054,7 +1059,7 @@ publish(ARGV[8], a.status, json)
 return {'ok', json}
 "#;
 
-/// KEYS: record. ARGV: requester, body_sha256, channel.
+/// KEYS: record. ARGV: requester, request_sha256, channel.
 /// Returns {'ok', json} | {'not_found'} | {'wrong_client'} | {'wrong_body'}
 /// | {'not_approved', status} | {'expired'}.
 const CONSUME_LUA: &str = r#"
@@ -1062,7 +1067,7 @@ local raw = redis.call('GET', KEYS[1])
 if not raw then return {'not_found'} end
 local a = cjson.decode(raw)
 if a.requester ~= ARGV[1] then return {'wrong_client'} end
-if a.body_sha256 ~= ARGV[2] then return {'wrong_body'} end
+if a.request_sha256 ~= ARGV[2] then return {'wrong_body'} end
 if a.status ~= 'approved' then return {'not_approved', a.status} end
 local now = now_ms()
 if type(a.valid_until_ms) ~= 'number' or now > a.valid_until_ms then return {'expired'} end
@@ -1523,14 +1528,14 @@ impl RedisBackend {
         &self,
         id: &str,
         requester: &str,
-        body_sha256: &str,
+        request_sha256: &str,
     ) -> Result<Approval, ConsumeError> {
         let key = self.record_key(id);
         let mut invocation = self.scripts.consume.prepare_invoke();
         invocation
             .key(&key)
             .arg(requester)
-            .arg(body_sha256)
+            .arg(request_sha256)
             .arg(&self.channel);
         let reply: Vec<String> = self.script("consume", &invocation).await?;
         match reply_parts(&reply) {
@@ -1704,7 +1709,7 @@ fn reply_parts(reply: &[String]) -> (&str, Option<&str>) {
 }
 
 /// Ids are used in Redis keys; anything else is not looked up.
-fn plausible_id(id: &str) -> bool {
+pub fn plausible_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id
             .bytes()
@@ -1858,6 +1863,7 @@ mod tests {
             reason: "max_tokens over 1000".into(),
             summary: "Summarise [EMAIL] …".into(),
             body_sha256: sha(body),
+            request_sha256: sha(body),
             created_at_ms: now,
             expires_at_ms: now + lifetime.as_millis() as u64,
             decided_by: None,
@@ -2006,25 +2012,28 @@ mod tests {
         assert!(decided_at + 1000 >= before, "{decided_at} vs {before}");
         assert_eq!(approved.valid_until_ms, Some(decided_at + 600_000));
 
-        let used = store.consume(&a.id, "alice", &a.body_sha256).await.unwrap();
+        let used = store
+            .consume(&a.id, "alice", &a.request_sha256)
+            .await
+            .unwrap();
         assert_eq!(used.status, Status::Used);
         assert!(used.used_at_ms.unwrap() >= decided_at);
         assert_eq!(store.get(&a.id).await.unwrap(), Some(used));
 
         let again = store
-            .consume(&a.id, "alice", &a.body_sha256)
+            .consume(&a.id, "alice", &a.request_sha256)
             .await
             .unwrap_err();
         assert_eq!(again, ConsumeError::AlreadyUsed);
         assert!(again.to_string().contains("already used"), "{again}");
         assert_eq!(
             store
-                .consume(&Approval::new_id(), "alice", &a.body_sha256)
+                .consume(&Approval::new_id(), "alice", &a.request_sha256)
                 .await,
             Err(ConsumeError::NotFound)
         );
         assert_eq!(
-            store.consume("../x", "alice", &a.body_sha256).await,
+            store.consume("../x", "alice", &a.request_sha256).await,
             Err(ConsumeError::NotFound)
         );
     }
@@ -2035,12 +2044,12 @@ mod tests {
         store.create(a.clone()).await.unwrap();
 
         assert_eq!(
-            store.consume(&a.id, "alice", &a.body_sha256).await,
+            store.consume(&a.id, "alice", &a.request_sha256).await,
             Err(ConsumeError::NotApproved(Status::Pending))
         );
         store.decide(&a.id, "bob", true, None).await.unwrap();
         let wrong_client = store
-            .consume(&a.id, "mallory", &a.body_sha256)
+            .consume(&a.id, "mallory", &a.request_sha256)
             .await
             .unwrap_err();
         assert_eq!(wrong_client, ConsumeError::WrongClient);
@@ -2058,7 +2067,10 @@ mod tests {
             assert!(!text.contains("alice") && !text.contains("bob"), "{text}");
         }
         // Refusals did not use the approval up.
-        store.consume(&a.id, "alice", &a.body_sha256).await.unwrap();
+        store
+            .consume(&a.id, "alice", &a.request_sha256)
+            .await
+            .unwrap();
 
         let denied = request("alice", "hello", minutes(10));
         store.create(denied.clone()).await.unwrap();
@@ -2069,7 +2081,7 @@ mod tests {
         assert_eq!(d.status, Status::Denied);
         assert_eq!(d.valid_until_ms, None);
         let refused = store
-            .consume(&denied.id, "alice", &denied.body_sha256)
+            .consume(&denied.id, "alice", &denied.request_sha256)
             .await
             .unwrap_err();
         assert_eq!(refused, ConsumeError::NotApproved(Status::Denied));
@@ -2148,7 +2160,9 @@ mod tests {
             Err(DecideError::NotPending(Status::Expired))
         );
         assert_eq!(
-            store.consume(&fresh.id, "alice", &fresh.body_sha256).await,
+            store
+                .consume(&fresh.id, "alice", &fresh.request_sha256)
+                .await,
             Err(ConsumeError::NotApproved(Status::Expired))
         );
         assert_eq!(store.pending_count().await.unwrap(), 0);
@@ -2169,7 +2183,7 @@ mod tests {
         store.decide(&a.id, "bob", true, None).await.unwrap();
         tokio::time::sleep(Duration::from_millis(400)).await;
         let late = store
-            .consume(&a.id, "alice", &a.body_sha256)
+            .consume(&a.id, "alice", &a.request_sha256)
             .await
             .unwrap_err();
         assert_eq!(late, ConsumeError::Expired);
@@ -2366,7 +2380,10 @@ mod tests {
         let a = request("alice", "hello", minutes(10));
         other.create(a.clone()).await.unwrap();
         other.decide(&a.id, "bob", true, None).await.unwrap();
-        store.consume(&a.id, "alice", &a.body_sha256).await.unwrap();
+        store
+            .consume(&a.id, "alice", &a.request_sha256)
+            .await
+            .unwrap();
         let kinds: Vec<(EventKind, Status)> = [
             next_event(&mut events).await,
             next_event(&mut events).await,

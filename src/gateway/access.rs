@@ -6,7 +6,7 @@
 
 use super::{Gateway, RequestCtx};
 use crate::approval::store::{Approval, Mode};
-use crate::approval::{body_hash, HoldEnd, NewRequest};
+use crate::approval::{request_hash, HoldEnd, NewRequest};
 use crate::audit::record::{ApprovalRef, Decision};
 use crate::errors::ClientError;
 use crate::policy::limits::LimitKind;
@@ -126,16 +126,30 @@ impl Gateway {
             .expect("config validation: require_approval needs `approval:`");
         let client = ctx.client.clone().expect("authenticated before access");
         let route = ctx.route.expect("routed before access");
+        let route_name = self.router.get(route).name.as_str();
+        let req = session.req_header();
+        let binding = request_hash(
+            req.method.as_str(),
+            req.uri.path_and_query().map_or("", |p| p.as_str()),
+            req.headers
+                .get(http::header::CONTENT_TYPE)
+                .map_or(&b""[..], |v| v.as_bytes()),
+            route_name,
+            &rule,
+            &ctx.body,
+        );
         if let Some(id) = ctx.approval_id.take() {
-            let hash = body_hash(&ctx.body);
-            return match approvals.redeem(&id, &client, &hash, &ctx.request_id).await {
+            return match approvals
+                .redeem(&id, &client, &binding, &ctx.request_id)
+                .await
+            {
                 Ok(a) => {
                     self.approval_decided(ctx, &a, "used");
                     Ok(())
                 }
                 Err(e) => {
                     if let Some(d) = &mut ctx.decision {
-                        d.reason = Some(format!("{}; approval {id}: {}", rule, e.message));
+                        d.reason = Some(format!("{}; {}", rule, e.message));
                     }
                     Err(e)
                 }
@@ -149,13 +163,14 @@ impl Gateway {
         let approval = approvals
             .request(NewRequest {
                 client: &client,
-                route: self.router.get(route).name.as_str(),
+                route: route_name,
                 path: session.req_header().uri.path(),
                 model: ctx.model.as_deref(),
                 rule: &rule,
                 reason: &reason,
                 mode,
                 body: &ctx.body,
+                request_sha256: &binding,
                 call_id: &ctx.request_id,
             })
             .await?;
@@ -171,9 +186,20 @@ impl Gateway {
                 url,
             ));
         }
-        // Hold: wait for the decision, watching for the client giving up.
-        let gone = async {
-            let _ = session.downstream_session.read_body_or_idle(true).await;
+        // Hold: wait for the decision, watching for the client giving up: a
+        // close (FIN) or a broken connection. A request pipelined meanwhile
+        // is not a goodbye: with pipelining on, Pingora keeps its bytes and
+        // serves it after this one (RFC 9112 §9.3.2). Should bytes still
+        // end the idle read, the connection is not kept alive past this answer.
+        let downstream = &mut session.downstream_session;
+        downstream.set_pipelining_enabled(true);
+        let gone = async move {
+            if let Err(e) = downstream.read_body_or_idle(true).await {
+                if *e.etype() == pingora_error::ErrorType::ConnectError {
+                    downstream.set_keepalive(None);
+                    std::future::pending::<()>().await;
+                }
+            }
         };
         match approvals
             .hold(&approval, &client, &ctx.request_id, gone)
@@ -198,14 +224,27 @@ impl Gateway {
             }
             Err(HoldEnd::Expired(a)) => {
                 self.approval_decided(ctx, &a, "expired");
-                Err(ClientError::approval_expired(
+                let msg = if a.status == crate::approval::store::Status::Used {
+                    format!(
+                        "Approval {} was already used; the call was not forwarded.",
+                        a.id
+                    )
+                } else {
                     format!(
                         "Approval {} was not granted within {}; the call was not forwarded.",
                         a.id,
                         humantime::format_duration(approvals.hold_timeout())
-                    ),
-                    &a.id,
-                ))
+                    )
+                };
+                Err(ClientError::approval_expired(msg, &a.id))
+            }
+            Err(HoldEnd::ShuttingDown) => {
+                self.approval_decided(ctx, &approval, "expired");
+                let mut e = ClientError::approval_unavailable(
+                    "The gateway is shutting down; the held call was withdrawn. Retry it.",
+                );
+                e.retry_after = Some(1);
+                Err(e)
             }
             Err(HoldEnd::ClientGone) => {
                 self.approval_decided(ctx, &approval, "expired");

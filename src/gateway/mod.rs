@@ -431,6 +431,15 @@ impl ProxyHttp for Gateway {
         {
             return self.reject(session, ctx, err).await;
         }
+        // Room for the `begin` record before an approval is used up, so a
+        // full audit queue never burns one.
+        let begin_slot = match &self.audit {
+            Some(_) => match self.audit_slot(ctx).await {
+                Ok(slot) => slot,
+                Err(err) => return self.reject(session, ctx, err).await,
+            },
+            None => None,
+        };
         if let Err(err) = self.approve(session, ctx).await {
             return self.reject(session, ctx, err).await;
         }
@@ -448,15 +457,11 @@ impl ProxyHttp for Gateway {
         // least counted).
         if let Some(audit) = &self.audit {
             let call = recording::call(ctx, session.req_header(), &self.route_labels);
-            match self.audit_slot(ctx).await {
-                Ok(Some(slot)) => {
-                    if !slot.send(Entry::Begin(call.clone())) && audit.refuses_unrecorded() {
-                        let err = ClientError::audit_unavailable();
-                        return self.reject(session, ctx, err).await;
-                    }
+            if let Some(slot) = begin_slot {
+                if !slot.send(Entry::Begin(call.clone())) && audit.refuses_unrecorded() {
+                    let err = ClientError::audit_unavailable();
+                    return self.reject(session, ctx, err).await;
                 }
-                Ok(None) => {}
-                Err(err) => return self.reject(session, ctx, err).await,
             }
             ctx.capture = Some(crate::audit::record::Capture::new(audit.capture_limit));
             ctx.call = Some(call);
