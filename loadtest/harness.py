@@ -143,7 +143,7 @@ class Modelgate:
             f"  graceful_shutdown_timeout_seconds: 10\n"
             f"listen: [\"127.0.0.1:{self.port}\"]\n"
             f"admin: {{listen: \"127.0.0.1:{self.admin}\", token: \"{ADMIN_TOKEN}\"}}\n"
-            f"clients:\n  - {{name: load, key_sha256: \"{key_hash}\"}}\n{body}"
+            f"clients:\n  - {{name: load, key_sha256: \"{key_hash}\", groups: [load]}}\n{body}"
         )
         self.conf = os.path.join(self.dir, "modelgate.yaml")
         with open(self.conf, "w") as f:

@@ -234,6 +234,7 @@ class Gate:
                 "      - {name: gpt, when: {models: \"gpt-*\"}, action: deny}\n"
                 "      - {name: embeddings, when: {paths: \"/v1/embeddings\"}, action: deny}\n"
                 "      - {name: long, when: {max_tokens_over: 8000}, action: require_approval}\n"
+                "approval: {approver_groups: [load]}\n"
                 "rate_limits:\n  default: {requests_per_second: 1000000, burst: 1000000}\n"
                 f"audit:\n  sinks:\n    - {{kind: file, path: \"{self.dir}/audit.jsonl\"}}\n"
             )

@@ -52,7 +52,9 @@ impl Gateway {
                     .with_label_values(&[self.router.get(route).name.as_str(), &rule.name, action])
                     .inc();
                 let mut reason = format!("rule `{}`", rule.name);
-                if let Some(v) = &eval.screen {
+                // The screen's verdict, where it decided (another rule may
+                // have run it).
+                if let Some(v) = eval.screen.as_ref().filter(|_| rule.screens()) {
                     reason.push_str(&format!(
                         "; injection screen score {} [{}]",
                         v.score,

@@ -384,6 +384,11 @@ impl Policy {
 }
 
 impl Rule {
+    /// Whether the rule has a `prompt_injection` condition.
+    pub fn screens(&self) -> bool {
+        self.injection.is_some()
+    }
+
     fn reads_prompt(&self) -> bool {
         self.prompt_regex.is_some() || self.prompt_terms.is_some() || self.injection.is_some()
     }
