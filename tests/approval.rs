@@ -426,7 +426,7 @@ fn held_calls_wait_for_a_human_and_every_step_is_audited() {
 #[test]
 fn tickets_are_bound_to_the_body_and_the_requester_and_used_once() {
     let up = Upstream::start("u");
-    let gw = Gateway::start(&config(&up, "", ""), &[], true);
+    let gw = Gateway::start(&config(&up, "  max_pending_per_client: 3\n", ""), &[], true);
     let ticketed = body("ticket please: the quarterly numbers", 100);
 
     // The first call is answered at once with the approval id.
@@ -539,6 +539,34 @@ fn tickets_are_bound_to_the_body_and_the_requester_and_used_once() {
     );
     assert_eq!(status(BOB_KEY).1["status"], "used");
     assert_eq!(forwarded(&up), before + 1);
+
+    // One client cannot fill the store for everyone: its pending requests
+    // are capped (max_pending_per_client: 3 here).
+    for i in 0..3 {
+        let (s, v) = call(
+            &gw,
+            BOB_KEY,
+            &body(&format!("ticket please #{i}"), 10),
+            None,
+        );
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (403, Some("approval_required")),
+            "{v}"
+        );
+    }
+    let (s, v) = call(&gw, BOB_KEY, &body("ticket please #4", 10), None);
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (429, Some("too_many_pending_approvals")),
+        "{v}"
+    );
+    let (s, v) = call(&gw, ALICE_KEY, &body("ticket please, alice", 10), None);
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("approval_required")),
+        "{v}"
+    );
 
     // A call no rule holds for ignores a stray ticket header.
     let (s, _) = call(&gw, BOB_KEY, &body("hello", 10), Some("apr_0000"));

@@ -58,6 +58,10 @@ pub struct ApprovalConfig {
     /// Pending requests at most; beyond, new ones are refused (503). Default 10000.
     #[serde(default = "default_max_pending")]
     pub max_pending: usize,
+    /// Pending requests per requester at most; beyond, their new ones are
+    /// refused (429). Default 20.
+    #[serde(default = "default_max_pending_per_client")]
+    pub max_pending_per_client: usize,
     /// The console's public address (e.g. `https://gw-admin.example/ui`),
     /// linked from webhook notices.
     #[serde(default)]
@@ -113,6 +117,9 @@ fn default_retain() -> Duration {
 fn default_max_pending() -> usize {
     10_000
 }
+fn default_max_pending_per_client() -> usize {
+    20
+}
 fn default_summary_chars() -> usize {
     2000
 }
@@ -153,6 +160,9 @@ impl ApprovalConfig {
         }
         if self.max_pending == 0 {
             return bad("max_pending", "must be at least 1".into());
+        }
+        if self.max_pending_per_client == 0 {
+            return bad("max_pending_per_client", "must be at least 1".into());
         }
         if self.summary_chars == 0 {
             return bad("summary_chars", "must be at least 1".into());
@@ -279,6 +289,7 @@ impl Approvals {
             grant_ttl: cfg.grant_ttl,
             retain: cfg.retain,
             max_pending: cfg.max_pending,
+            max_pending_per_requester: cfg.max_pending_per_client,
         };
         let approvals = Approvals {
             approver_groups: cfg.approver_groups.clone(),
@@ -324,6 +335,7 @@ impl Approvals {
                     grant_ttl: cfg.grant_ttl,
                     retain: cfg.retain,
                     max_pending: cfg.max_pending,
+                    max_pending_per_requester: cfg.max_pending_per_requester,
                 };
                 match ApprovalStore::redis(cfg, redis.clone()).await {
                     Ok(s) => {
@@ -692,6 +704,16 @@ fn unavailable(e: StoreError) -> ClientError {
         StoreError::Full => ClientError::approval_unavailable(
             "Too many approval requests are pending; try again later.",
         ),
+        StoreError::RequesterFull => {
+            let mut e = ClientError::new(
+                429,
+                "rate_limit_error",
+                Some("too_many_pending_approvals"),
+                "You have too many approval requests waiting for a decision; wait for those first.",
+            );
+            e.retry_after = Some(30);
+            e
+        }
         StoreError::Unavailable(_) => ClientError::approval_unavailable(
             "The approval service is unavailable right now; the call was not forwarded.",
         ),

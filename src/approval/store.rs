@@ -280,6 +280,9 @@ pub struct StoreConfig {
     pub retain: Duration,
     /// `create` refuses new requests while this many are pending.
     pub max_pending: usize,
+    /// `create` refuses a requester's new request while this many of theirs
+    /// are pending, so one client cannot fill `max_pending` for everyone.
+    pub max_pending_per_requester: usize,
 }
 
 /// Where the Redis store is.
@@ -321,6 +324,8 @@ impl fmt::Debug for RedisStoreConfig {
 pub enum StoreError {
     /// `max_pending` requests are already pending.
     Full,
+    /// The requester already has `max_pending_per_requester` pending.
+    RequesterFull,
     /// Redis failed or did not answer in time (or, rarely, the request was
     /// malformed: a new request that is not pending or has a duplicate id).
     /// The text never contains the Redis password.
@@ -332,6 +337,9 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::Full => f.write_str(
                 "too many approval requests are waiting for a decision; try again later",
+            ),
+            StoreError::RequesterFull => f.write_str(
+                "you have too many approval requests waiting for a decision; wait for those first",
             ),
             StoreError::Unavailable(why) => write!(f, "the approval store is unavailable: {why}"),
         }
@@ -870,6 +878,18 @@ impl Memory {
         if self.pending.len() >= cfg.max_pending {
             return Err(StoreError::Full);
         }
+        let theirs = self
+            .pending
+            .iter()
+            .filter(|(_, id)| {
+                self.records
+                    .get(id)
+                    .is_some_and(|r| r.requester == a.requester)
+            })
+            .count();
+        if theirs >= cfg.max_pending_per_requester {
+            return Err(StoreError::RequesterFull);
+        }
         let drop_at = a.created_at_ms.saturating_add(a.keep_ms(cfg));
         self.pending.insert((a.expires_at_ms, a.id.clone()));
         self.drops.insert((drop_at, a.id.clone()));
@@ -1029,6 +1049,19 @@ end
 const CREATE_LUA: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists'} end
 if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[6]) then return {'full'} end
+-- The requester's pending ids: those no longer pending are dropped here.
+local mine = 0
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+  local raw = redis.call('GET', ARGV[8] .. id)
+  if raw and cjson.decode(raw).status == 'pending' then
+    mine = mine + 1
+  else
+    redis.call('SREM', KEYS[4], id)
+  end
+end
+if mine >= tonumber(ARGV[9]) then return {'requester_full'} end
+redis.call('SADD', KEYS[4], ARGV[2])
+redis.call('PEXPIRE', KEYS[4], ARGV[5])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[5])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2])
@@ -1292,6 +1325,16 @@ impl RedisBackend {
         format!("{}approval:{id}", self.prefix)
     }
 
+    /// The set of a requester's pending ids (the name hashed: any bytes).
+    fn requester_key(&self, requester: &str) -> String {
+        use sha2::{Digest, Sha256};
+        format!(
+            "{}approvals:by:{}",
+            self.prefix,
+            hex::encode(Sha256::digest(requester.as_bytes()))
+        )
+    }
+
     fn unavailable(&self, what: &str) -> StoreError {
         StoreError::Unavailable(scrub(
             &format!("Redis at {}: {what}", self.location),
@@ -1379,17 +1422,21 @@ impl RedisBackend {
             .key(&key)
             .key(&self.all_key)
             .key(&self.pending_key)
+            .key(self.requester_key(&a.requester))
             .arg(&json)
             .arg(&a.id)
             .arg(a.created_at_ms)
             .arg(a.expires_at_ms)
             .arg(a.keep_ms(cfg))
             .arg(cfg.max_pending)
-            .arg(&self.channel);
+            .arg(&self.channel)
+            .arg(self.record_key(""))
+            .arg(cfg.max_pending_per_requester);
         let reply: Vec<String> = self.script("create", &invocation).await?;
         match reply.first().map(String::as_str) {
             Some("ok") => Ok(()),
             Some("full") => Err(StoreError::Full),
+            Some("requester_full") => Err(StoreError::RequesterFull),
             Some("exists") => Err(StoreError::Unavailable(format!(
                 "approval {} already exists",
                 a.id
@@ -1800,6 +1847,7 @@ mod tests {
             grant_ttl: Duration::from_secs(600),
             retain: Duration::from_secs(3600),
             max_pending: 10_000,
+            max_pending_per_requester: 10_000,
         }
     }
 
@@ -2371,6 +2419,39 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.pending_count().await.unwrap(), 3);
+
+        // Per requester: bob may have two pending, dave's do not count
+        // (alice's from above are still pending in a shared Redis).
+        let cfg = StoreConfig {
+            max_pending_per_requester: 2,
+            ..config()
+        };
+        let store = fx.store(cfg).await;
+        let b1 = request("bob", "one", minutes(10));
+        store.create(b1.clone()).await.unwrap();
+        store
+            .create(request("bob", "two", minutes(10)))
+            .await
+            .unwrap();
+        store
+            .create(request("dave", "x", minutes(10)))
+            .await
+            .unwrap();
+        let refused = store
+            .create(request("bob", "three", minutes(10)))
+            .await
+            .unwrap_err();
+        assert_eq!(refused, StoreError::RequesterFull);
+        assert!(
+            refused.to_string().contains("you have too many"),
+            "{refused}"
+        );
+        // Once one of bob's is decided, he may ask again.
+        store.decide(&b1.id, "carol", false, None).await.unwrap();
+        store
+            .create(request("bob", "three", minutes(10)))
+            .await
+            .unwrap();
     }
 
     async fn subscribers_see_every_replica(fx: &Fixture) {
@@ -2418,6 +2499,7 @@ mod tests {
             grant_ttl: Duration::from_millis(100),
             retain: Duration::from_millis(300),
             max_pending: 100,
+            max_pending_per_requester: 100,
         };
         let store = fx.store(cfg).await;
         let a = request("alice", "hello", Duration::from_millis(100));
