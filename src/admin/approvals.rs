@@ -21,9 +21,25 @@ use std::time::Duration;
 
 /// The console: one static page, no external resources.
 const CONSOLE: &str = include_str!("console.html");
-const CSP: &str = "default-src 'none'; script-src 'self' 'unsafe-inline'; \
-    style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; \
-    base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+/// The console's Content-Security-Policy: its one inline script is allowed
+/// by hash, nothing else runs.
+fn csp() -> &'static str {
+    static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CSP.get_or_init(|| {
+        use base64::Engine;
+        use sha2::{Digest, Sha256};
+        let start = CONSOLE.find("<script>").expect("the console has a script") + "<script>".len();
+        let end = start + CONSOLE[start..].find("</script>").expect("closed");
+        let hash = base64::engine::general_purpose::STANDARD
+            .encode(Sha256::digest(&CONSOLE.as_bytes()[start..end]));
+        format!(
+            "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+             frame-ancestors 'none'"
+        )
+    })
+}
+
 /// Largest approve/deny body read (a comment).
 const MAX_BODY: usize = 16 * 1024;
 /// Longest comment kept.
@@ -80,7 +96,7 @@ fn console() -> Response<Vec<u8>> {
         .status(StatusCode::OK)
         .header("content-type", "text/html; charset=utf-8")
         .header("content-length", CONSOLE.len())
-        .header("content-security-policy", CSP)
+        .header("content-security-policy", csp())
         .header("cache-control", "no-store")
         .header("x-content-type-options", "nosniff")
         .header("referrer-policy", "no-referrer")
