@@ -299,6 +299,17 @@ impl Encoder {
             note: Option<&'a str>,
             approval: &'a crate::approval::store::Approval,
         }
+        // `bodies: none` keeps prompt text out of the trail: the summary too.
+        let stripped;
+        let approval = if self.bodies == BodyMode::None {
+            stripped = crate::approval::store::Approval {
+                summary: String::new(),
+                ..s.approval.clone()
+            };
+            &stripped
+        } else {
+            &s.approval
+        };
         let rec = StepJson {
             kind: "approval",
             event: s.event,
@@ -307,7 +318,7 @@ impl Encoder {
             actor: s.actor.as_deref().map(client_json),
             call_id: s.call_id.as_deref(),
             note: s.note.as_deref(),
-            approval: &s.approval,
+            approval,
         };
         serde_json::to_writer(out, &rec).expect("records serialise");
     }
@@ -561,6 +572,41 @@ mod tests {
         let v = begin_json(&encoder(BodyMode::None, 1000), r#"{"p":"bob@corp.com"}"#);
         assert!(v["request"].get("body").is_none());
         assert_eq!(v["request"]["bytes"], 20);
+    }
+
+    #[test]
+    fn approval_steps_keep_the_summary_unless_bodies_are_off() {
+        let approval: crate::approval::store::Approval =
+            serde_json::from_value(serde_json::json!({
+                "id": "apr_1", "status": "pending", "mode": "hold", "requester": "bob",
+                "requester_via": "api_key", "requester_groups": [], "route": "r", "path": "/",
+                "model": null, "rule": "big", "reason": "rule `big`", "summary": "mail [EMAIL]",
+                "body_sha256": "00", "request_sha256": "11", "created_at_ms": 1, "expires_at_ms": 2
+            }))
+            .unwrap();
+        let step = ApprovalStep {
+            event: "requested",
+            at: SystemTime::UNIX_EPOCH,
+            actor: None,
+            call_id: Some("c1".into()),
+            note: None,
+            approval,
+        };
+        let encode = |bodies| {
+            let mut out = Vec::new();
+            encoder(bodies, 1000).approval(&step, &mut out);
+            serde_json::from_slice::<serde_json::Value>(&out).unwrap()
+        };
+        let v = encode(BodyMode::Masked);
+        assert_eq!(
+            (v["kind"].as_str(), v["event"].as_str(), v["id"].as_str()),
+            (Some("approval"), Some("requested"), Some("apr_1"))
+        );
+        assert_eq!(v["approval"]["summary"], "mail [EMAIL]");
+        assert_eq!(v["call_id"], "c1");
+        let v = encode(BodyMode::None);
+        assert_eq!(v["approval"]["summary"], "");
+        assert_eq!(v["approval"]["rule"], "big");
     }
 
     #[test]
