@@ -223,8 +223,9 @@ pub struct Approvals {
     hold_timeout: Duration,
     console_url: Option<String>,
     summary_chars: usize,
-    redis: Option<store::RedisStoreConfig>,
-    store_cfg: Option<store::StoreConfig>,
+    /// With `store: redis`: where, and the store's settings (it connects
+    /// in [`Approvals::run`]).
+    redis: Option<(store::RedisStoreConfig, store::StoreConfig)>,
     webhook: Option<notify::WebhookConfig>,
     store: OnceLock<ApprovalStore>,
     notifier: OnceLock<notify::Notifier>,
@@ -291,18 +292,13 @@ impl Approvals {
             max_pending: cfg.max_pending,
             max_pending_per_requester: cfg.max_pending_per_client,
         };
-        let approvals = Approvals {
+        let mut approvals = Approvals {
             approver_groups: cfg.approver_groups.clone(),
             ttl: cfg.ttl,
             hold_timeout: cfg.hold_timeout.min(cfg.ttl),
             console_url: cfg.console_url.clone(),
             summary_chars: cfg.summary_chars,
-            redis: cfg.redis.as_ref().map(|r| store::RedisStoreConfig {
-                url: r.url.clone(),
-                key_prefix: r.key_prefix.clone(),
-                timeout: r.timeout,
-            }),
-            store_cfg: None,
+            redis: None,
             webhook: cfg.webhook.clone(),
             store: OnceLock::new(),
             notifier: OnceLock::new(),
@@ -312,15 +308,19 @@ impl Approvals {
             deciding: Default::default(),
             shutdown: tokio::sync::watch::channel(false).0,
         };
-        let approvals = if approvals.redis.is_none() {
-            let _ = approvals.store.set(ApprovalStore::memory(store_cfg));
-            approvals
-        } else {
-            Approvals {
-                store_cfg: Some(store_cfg),
-                ..approvals
+        match &cfg.redis {
+            Some(r) => {
+                let redis = store::RedisStoreConfig {
+                    url: r.url.clone(),
+                    key_prefix: r.key_prefix.clone(),
+                    timeout: r.timeout,
+                };
+                approvals.redis = Some((redis, store_cfg));
             }
-        };
+            None => {
+                let _ = approvals.store.set(ApprovalStore::memory(store_cfg));
+            }
+        }
         Arc::new(approvals)
     }
 
@@ -328,16 +328,10 @@ impl Approvals {
     /// to Redis (retrying), starts the webhook sender, then expires overdue
     /// requests every second and keeps the pending gauge current.
     pub async fn run(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
-        if let (Some(redis), Some(cfg)) = (&self.redis, &self.store_cfg) {
+        if let Some((redis, cfg)) = &self.redis {
             let mut backoff = Duration::from_millis(200);
             loop {
-                let cfg = store::StoreConfig {
-                    grant_ttl: cfg.grant_ttl,
-                    retain: cfg.retain,
-                    max_pending: cfg.max_pending,
-                    max_pending_per_requester: cfg.max_pending_per_requester,
-                };
-                match ApprovalStore::redis(cfg, redis.clone()).await {
+                match ApprovalStore::redis(cfg.clone(), redis.clone()).await {
                     Ok(s) => {
                         log::info!("approval store: connected to Redis");
                         let _ = self.store.set(s);

@@ -67,6 +67,7 @@
 //! its record, and waiters re-read it every second anyway, so a held call is
 //! released at most about a second late even then.
 
+use crate::config::redact_url;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{
     AsyncConnectionConfig, Client, Cmd, FromRedisValue, IntoConnectionInfo, ProtocolVersion,
@@ -1778,17 +1779,6 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(MAX_MS).min(MAX_MS)
 }
 
-/// `redis://user:secret@host/0` → `redis://***@host/0`.
-fn redact_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let authority_end = rest.find('/').unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            return format!("{scheme}://***{}", &rest[at..]);
-        }
-    }
-    url.to_string()
-}
-
 /// The user-info part of the URL, as written (the parsed, decoded password
 /// is added once the URL is parsed).
 fn url_secrets(url: &str) -> Vec<String> {
@@ -2246,40 +2236,36 @@ mod tests {
         let store = fx.store(config()).await;
         let other = fx.replica(&store, config()).await;
 
-        // Decided by another task on the same store.
-        let a = request("alice", "hello", minutes(10));
-        store.create(a.clone()).await.unwrap();
-        let decider = store.clone();
-        let id = a.id.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            decider.decide(&id, "bob", true, None).await.unwrap();
-        });
-        let started = Instant::now();
-        let done = store
-            .wait(&a.id, Instant::now() + Duration::from_secs(30))
-            .await
-            .unwrap();
-        assert_eq!(done.status, Status::Approved);
-        assert!(started.elapsed() < Duration::from_secs(5));
+        /// `decider` decides a new request 100 ms after `store` starts
+        /// waiting for it; the wait must return the decision promptly.
+        async fn released(
+            store: &ApprovalStore,
+            decider: ApprovalStore,
+            approve: bool,
+        ) -> Approval {
+            let a = request("alice", "hello", minutes(10));
+            store.create(a.clone()).await.unwrap();
+            let id = a.id.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                decider.decide(&id, "bob", approve, None).await.unwrap();
+            });
+            let started = Instant::now();
+            let done = store
+                .wait(&a.id, Instant::now() + Duration::from_secs(30))
+                .await
+                .unwrap();
+            assert!(started.elapsed() < Duration::from_secs(5));
+            done
+        }
 
+        // Decided by another task on the same store.
+        let a = released(&store, store.clone(), true).await;
+        assert_eq!(a.status, Status::Approved);
         // Decided on the other replica (Redis: only pub/sub can tell us in
         // time, the re-read is a minute away).
-        let b = request("alice", "hello", minutes(10));
-        store.create(b.clone()).await.unwrap();
-        let id = b.id.clone();
-        let denier = other.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            denier.decide(&id, "bob", false, None).await.unwrap();
-        });
-        let started = Instant::now();
-        let done = store
-            .wait(&b.id, Instant::now() + Duration::from_secs(30))
-            .await
-            .unwrap();
-        assert_eq!(done.status, Status::Denied);
-        assert!(started.elapsed() < Duration::from_secs(5));
+        let b = released(&store, other.clone(), false).await;
+        assert_eq!(b.status, Status::Denied);
 
         // Nobody decides: pending at the deadline.
         let c = request("alice", "hello", minutes(10));

@@ -34,6 +34,18 @@ impl ConfigError {
     }
 }
 
+/// A URL with its user-info hidden, for logs and errors:
+/// `redis://user:secret@host/0` → `redis://***@host/0`.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            return format!("{scheme}://***{}", &rest[at..]);
+        }
+    }
+    url.to_string()
+}
+
 /// Reads, expands, parses and validates a configuration file.
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path)

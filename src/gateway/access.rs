@@ -140,7 +140,11 @@ impl Gateway {
             &rule,
             &ctx.body,
         );
-        if let Some(id) = ctx.approval_id.take() {
+        let presented = req
+            .headers
+            .get(crate::approval::APPROVAL_HEADER)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string());
+        if let Some(id) = presented {
             return match approvals
                 .redeem(&id, &client, &binding, &ctx.request_id)
                 .await

@@ -55,8 +55,6 @@ pub struct RequestCtx {
     /// The `require_approval` rule that holds for this call: name, mode,
     /// message.
     pub approval_rule: Option<(Arc<str>, crate::approval::store::Mode, String)>,
-    /// The client's `x-modelgate-approval` header.
-    pub approval_id: Option<String>,
 }
 
 impl RequestCtx {
@@ -84,7 +82,6 @@ impl RequestCtx {
             error: None,
             usage: None,
             approval_rule: None,
-            approval_id: None,
         }
     }
 

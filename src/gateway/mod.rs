@@ -411,11 +411,6 @@ impl ProxyHttp for Gateway {
                 return self.approval_status(session, ctx, &id).await;
             }
         }
-        ctx.approval_id = session
-            .req_header()
-            .headers
-            .get(crate::approval::APPROVAL_HEADER)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string());
         match self.router.route_index(path, ctx.model.as_deref()) {
             Some(route) => ctx.route = Some(route),
             None => {

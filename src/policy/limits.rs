@@ -24,6 +24,7 @@
 //!   authenticated clients' names, so memory is bounded by the configured
 //!   clients and groups.
 
+use crate::config::redact_url;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -134,17 +135,6 @@ fn default_key_prefix() -> String {
 
 fn default_timeout() -> Duration {
     Duration::from_millis(50)
-}
-
-/// `redis://user:secret@host/0` → `redis://***@host/0`.
-fn redact_url(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let authority_end = rest.find('/').unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            return format!("{scheme}://***{}", &rest[at..]);
-        }
-    }
-    url.to_string()
 }
 
 /// Why a call is refused: maps to 429 with `Retry-After: retry_after_secs`.
