@@ -2,7 +2,7 @@
 """A/B two modelgate binaries under the same load, alternating, against one
 demo model (from binary B): to tell a code regression from machine drift.
 
-  loadtest/ab.py OLD_BINARY NEW_BINARY [--kind pass|full] [--rounds 4] [--seconds 8]
+  loadtest/ab.py OLD_BINARY NEW_BINARY [--kind pass|full] [--workload json|sse] [--rounds 4] [--seconds 8]
 
 Build the old binary from a worktree, e.g.
   git worktree add /tmp/old <commit> && (cd /tmp/old && CARGO_TARGET_DIR=/tmp/old/target cargo build --release)
@@ -23,10 +23,13 @@ def main():
     ap.add_argument("a")
     ap.add_argument("b")
     ap.add_argument("--kind", choices=["pass", "full"], default="pass")
+    ap.add_argument("--workload", choices=["json", "sse"], default="json")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--seconds", type=int, default=8)
     args = ap.parse_args()
     bins = {"A": args.a, "B": args.b}
+    sse = args.workload == "sse"
+    load = {"stream": sse, "events": 200 if sse else 0}
     model = h.DemoModel(args.b)
     res = {k: [] for k in bins}
     try:
@@ -35,9 +38,9 @@ def main():
             for name in order:
                 g = v.Gate(bins[name], args.kind, model.port, 1)
                 try:
-                    h.wrk(g.port, 2, 64)  # warm-up
+                    h.wrk(g.port, 2, 64, **load)  # warm-up
                     c0 = g.cpu()
-                    out = h.wrk(g.port, args.seconds, 64)
+                    out = h.wrk(g.port, args.seconds, 64, **load)
                     c1 = g.cpu()
                 finally:
                     g.stop()

@@ -98,6 +98,11 @@ impl Streams {
         out
     }
 
+    /// Whether any open stream's key satisfies `pred`.
+    pub fn any(&self, pred: impl Fn(&StreamKey) -> bool) -> bool {
+        self.streams.iter().any(|(k, _)| pred(k))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.streams.is_empty()
     }
@@ -196,7 +201,10 @@ pub fn mask_logprob_entries(
     counts: &mut [u32],
 ) {
     for e in entries.iter_mut() {
-        let Value::Object(obj) = e else { continue };
+        let Value::Object(obj) = e else {
+            mask_leaves(e, rules, counts, &|_| false);
+            continue;
+        };
         if let Some(Value::String(t)) = obj.get_mut("token") {
             *t = streams.push(key, t, rules, counts);
         }

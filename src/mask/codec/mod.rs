@@ -15,6 +15,7 @@ mod frames;
 mod generic;
 mod ndjson;
 mod openai;
+mod splice;
 pub(crate) mod sse;
 
 use super::stream::{MaskRules, StreamMasker};
@@ -228,6 +229,16 @@ fn take_utf8(buf: &mut Vec<u8>) -> String {
 /// (Anthropic messages, Ollama, errors) string leaf by string leaf. Not JSON:
 /// masked as text.
 fn mask_json_body(buf: &[u8], rules: &MaskRules, counts: &mut [u32], out: &mut Vec<u8>) {
+    if splice::process(
+        buf,
+        &mut fields::Streams::default(),
+        rules,
+        counts,
+        true,
+        out,
+    ) {
+        return;
+    }
     match serde_json::from_slice::<Value>(buf) {
         Ok(Value::Object(mut obj)) if obj.contains_key("choices") => {
             let mut streams = fields::Streams::default();

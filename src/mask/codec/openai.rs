@@ -9,7 +9,7 @@ use super::fields::*;
 use crate::mask::stream::MaskRules;
 use serde_json::{Map, Value};
 
-const TEXT_FIELDS: [(&str, Field); 4] = [
+pub(super) const TEXT_FIELDS: [(&str, Field); 4] = [
     ("content", Field::Content),
     ("reasoning_content", Field::ReasoningContent),
     ("reasoning", Field::Reasoning),
@@ -30,12 +30,20 @@ pub fn process(
     counts: &mut [u32],
     whole: bool,
 ) {
-    if let Some(Value::Array(choices)) = obj.get_mut("choices") {
-        for (pos, choice) in choices.iter_mut().enumerate() {
-            if let Value::Object(choice) = choice {
-                process_choice(choice, pos as u64, streams, rules, counts, whole);
+    match obj.get_mut("choices") {
+        Some(Value::Array(choices)) => {
+            for (pos, choice) in choices.iter_mut().enumerate() {
+                match choice {
+                    Value::Object(choice) => {
+                        process_choice(choice, pos as u64, streams, rules, counts, whole)
+                    }
+                    // Not the shape a client expects, but it reads it: masked whole.
+                    other => mask_leaves(other, rules, counts, &|_| false),
+                }
             }
         }
+        Some(other) => mask_leaves(other, rules, counts, &|_| false),
+        None => {}
     }
     for (k, v) in obj.iter_mut() {
         if k != "choices" && !STRUCTURAL.contains(&k.as_str()) {
@@ -86,46 +94,60 @@ fn process_choice(
         *t = streams.push(StreamKey::new(idx, Field::Text), t, rules, counts);
     }
     if let Some(Value::Object(lp)) = choice.get_mut("logprobs") {
-        for (name, sub) in [("content", LP_CONTENT), ("refusal", LP_REFUSAL)] {
-            if let Some(Value::Array(entries)) = lp.get_mut(name) {
-                let key = StreamKey {
-                    choice: idx,
-                    field: Field::Tokens,
-                    sub,
-                };
-                mask_logprob_entries(entries, streams, key, rules, counts);
-            }
-        }
-        if let Some(Value::Array(tokens)) = lp.get_mut("tokens") {
-            let key = StreamKey {
-                choice: idx,
-                field: Field::Tokens,
-                sub: LP_LEGACY,
-            };
-            for t in tokens.iter_mut() {
-                if let Value::String(s) = t {
-                    *s = streams.push(key, s, rules, counts);
+        let key = |sub| StreamKey {
+            choice: idx,
+            field: Field::Tokens,
+            sub,
+        };
+        for (name, v) in lp.iter_mut() {
+            match (name.as_str(), v) {
+                ("content", Value::Array(entries)) => {
+                    mask_logprob_entries(entries, streams, key(LP_CONTENT), rules, counts)
                 }
-            }
-        }
-        if let Some(Value::Array(tops)) = lp.get_mut("top_logprobs") {
-            for top in tops.iter_mut() {
-                if let Value::Object(m) = top {
-                    let masked: Map<String, Value> = std::mem::take(m)
-                        .into_iter()
-                        .map(|(k, v)| (rules.mask_all(&k, counts), v))
-                        .collect();
-                    *m = masked;
+                ("refusal", Value::Array(entries)) => {
+                    mask_logprob_entries(entries, streams, key(LP_REFUSAL), rules, counts)
                 }
+                ("tokens", Value::Array(tokens)) => {
+                    for t in tokens.iter_mut() {
+                        match t {
+                            Value::String(s) => *s = streams.push(key(LP_LEGACY), s, rules, counts),
+                            other => mask_leaves(other, rules, counts, &|_| false),
+                        }
+                    }
+                }
+                ("top_logprobs", Value::Array(tops)) => {
+                    for top in tops.iter_mut() {
+                        let Value::Object(m) = top else {
+                            mask_leaves(top, rules, counts, &|_| false);
+                            continue;
+                        };
+                        // Token alternatives are the keys.
+                        let masked: Map<String, Value> = std::mem::take(m)
+                            .into_iter()
+                            .map(|(k, mut v)| {
+                                mask_leaves(&mut v, rules, counts, &|_| false);
+                                (rules.mask_all(&k, counts), v)
+                            })
+                            .collect();
+                        *m = masked;
+                    }
+                }
+                (_, other) => mask_leaves(other, rules, counts, &|_| false),
             }
         }
     }
+    // Everything not streamed above is masked whole: a client reads a
+    // `message` that is a string, a second container, a `text` that is not
+    // a string, as surely as the fields it expects.
     for (k, v) in choice.iter_mut() {
-        if !matches!(
-            k.as_str(),
-            "message" | "delta" | "logprobs" | "text" | "index"
-        ) && !STRUCTURAL.contains(&k.as_str())
-        {
+        let streamed = match k.as_str() {
+            k if k == container => v.is_object(),
+            "logprobs" => v.is_object(),
+            "text" => v.is_string(),
+            "index" => v.is_number(),
+            k => STRUCTURAL.contains(&k),
+        };
+        if !streamed {
             mask_leaves(v, rules, counts, &|_| false);
         }
     }
@@ -146,19 +168,15 @@ fn mask_leaves_except_streamed(c: &mut Map<String, Value>, rules: &MaskRules, co
         if STRUCTURAL.contains(&k) || (v.is_string() && TEXT_FIELDS.iter().any(|(n, _)| *n == k)) {
             continue;
         }
-        if k == "tool_calls" {
-            if let Value::Array(calls) = v {
-                for call in calls.iter_mut() {
-                    let streamed = match call.pointer_mut("/function/arguments") {
-                        Some(a) if a.is_string() => Some(std::mem::take(a)),
-                        _ => None,
-                    };
-                    mask_leaves(call, rules, counts, &|_| false);
-                    if let (Some(a), Some(slot)) =
-                        (streamed, call.pointer_mut("/function/arguments"))
-                    {
-                        *slot = a;
-                    }
+        if let ("tool_calls", Value::Array(calls)) = (k, &mut *v) {
+            for call in calls.iter_mut() {
+                let streamed = match call.pointer_mut("/function/arguments") {
+                    Some(a) if a.is_string() => Some(std::mem::take(a)),
+                    _ => None,
+                };
+                mask_leaves(call, rules, counts, &|_| false);
+                if let (Some(a), Some(slot)) = (streamed, call.pointer_mut("/function/arguments")) {
+                    *slot = a;
                 }
             }
             continue;

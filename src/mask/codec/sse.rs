@@ -8,7 +8,7 @@
 use super::fields::*;
 use super::frames::Framer;
 use super::generic::Generic;
-use super::{anthropic, openai, MaskError};
+use super::{anthropic, openai, splice, MaskError};
 use crate::mask::stream::MaskRules;
 use serde_json::{Map, Value};
 
@@ -132,6 +132,15 @@ impl SseCodec {
             self.flush_all(rules, counts, out);
             write_raw_event(out, &others, &data);
             return;
+        }
+        // After the first chunk (whose envelope is kept), a plain OpenAI
+        // chunk is spliced, with no `Value` tree.
+        if self.envelope.is_some() {
+            let mut json = Vec::with_capacity(data.len() + 16);
+            if splice::process(&data, &mut self.streams, rules, counts, false, &mut json) {
+                write_raw_event(out, &others, &json);
+                return;
+            }
         }
         match serde_json::from_slice::<Value>(&data) {
             Ok(Value::Object(mut obj)) => {
