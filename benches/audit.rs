@@ -32,6 +32,7 @@ fn call() -> Call {
             groups: vec!["analysts".into()],
             via: Via::ApiKey,
             label: Arc::from("alice"),
+            cert: None,
         })),
         method: "POST".into(),
         path: "/v1/chat/completions".into(),

@@ -180,6 +180,8 @@ struct ClientJson<'a> {
     name: &'a str,
     groups: &'a [String],
     via: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cert: Option<&'a crate::identity::cert::PeerIdentity>,
 }
 
 #[derive(Serialize)]
@@ -466,6 +468,7 @@ fn client_json(cl: &Client) -> ClientJson<'_> {
         name: &cl.name,
         groups: &cl.groups,
         via: cl.via.as_str(),
+        cert: cl.cert.as_deref(),
     }
 }
 
