@@ -34,6 +34,7 @@ fn call() -> Call {
             label: Arc::from("alice"),
             cert: None,
         })),
+        tls: None,
         method: "POST".into(),
         path: "/v1/chat/completions".into(),
         route: Some(Arc::from("vllm")),

@@ -126,7 +126,12 @@ fn main() -> ExitCode {
             None => fail("no configuration file: use `modelgate -c FILE` (or `modelgate demo`)"),
             Some(path) if cli.test => test_config(&path),
             Some(path) => match load(&path) {
-                Ok((config, services)) => run(&cli, &config, services, None),
+                Ok((config, services)) => {
+                    for w in services.warnings() {
+                        log::warn!("{w}");
+                    }
+                    run(&cli, &config, services, None)
+                }
                 Err(e) => fail(&format!("{e} in {}", path.display())),
             },
         },
@@ -148,7 +153,10 @@ fn load(path: &Path) -> Result<(Config, Services), config::ConfigError> {
 
 fn test_config(path: &Path) -> ExitCode {
     match load(path) {
-        Ok(_) => {
+        Ok((_, services)) => {
+            for w in services.warnings() {
+                eprintln!("modelgate: warning: {w}");
+            }
             println!(
                 "modelgate: the configuration file {} syntax is ok",
                 path.display()

@@ -17,7 +17,7 @@ use crate::audit::Audit;
 use crate::config::{Config, ConfigError};
 use crate::errors::ClientError;
 use crate::identity::jwt::JwtVerifier;
-use crate::identity::ClientRegistry;
+use crate::identity::{AuthError, ClientRegistry};
 use crate::mask::codec::ResponseMasker;
 use crate::mask::{MaskEngine, PolicyMasking};
 use crate::metrics::Metrics;
@@ -70,6 +70,8 @@ pub struct Built {
     /// Who is calling: shared with the admin API (approvers sign in with
     /// their own key or token).
     pub clients: Arc<ClientRegistry>,
+    /// Certificates close to expiry.
+    pub warnings: Vec<String>,
 }
 
 impl Gateway {
@@ -154,6 +156,7 @@ impl Gateway {
             jwks,
             approvals,
             clients,
+            warnings: Vec::new(),
         })
     }
 
@@ -195,6 +198,26 @@ impl Gateway {
                     .mask_holdback_overflows
                     .inc_by(overflows as u64);
             }
+        }
+    }
+
+    /// Who is calling: a verified client certificate when the connection
+    /// has one, else the request's key or token. A listener that requires a
+    /// certificate accepts nothing else.
+    fn authenticate(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+    ) -> std::result::Result<Arc<crate::identity::Client>, AuthError> {
+        let conn = crate::tls::listener::conn(session);
+        ctx.tls = conn.map(|c| c.info.clone());
+        match conn {
+            Some(c) => match &c.client_cert {
+                Some(id) => self.clients.authenticate_cert(id),
+                None if c.client_cert_required => Err(AuthError::CertificateRequired),
+                None => self.clients.authenticate(&session.req_header().headers),
+            },
+            None => self.clients.authenticate(&session.req_header().headers),
         }
     }
 
@@ -381,10 +404,10 @@ impl ProxyHttp for Gateway {
             Err(err) => return self.reject(session, ctx, err).await,
         }
 
-        match self.clients.authenticate(&session.req_header().headers) {
+        match self.authenticate(session, ctx) {
             Ok(client) => ctx.client = Some(client),
             Err(e) => {
-                let err = ClientError::unauthorized(e.code(), e.message());
+                let err = ClientError::auth_failed(e.status(), e.code(), e.message());
                 return self.reject(session, ctx, err).await;
             }
         }
