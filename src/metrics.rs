@@ -17,7 +17,8 @@ pub struct Metrics {
     pub duration: HistogramVec,
     /// Time from request start to the upstream's response header, by route.
     pub ttfb: HistogramVec,
-    /// Upstream failures by pool and kind (`connect`, `timeout`, `io`, `no_healthy_host`).
+    /// Upstream failures by pool and kind (`connect`, `timeout`, `io`,
+    /// `no_healthy_host`, `tls_verify`, `tls_handshake`, `tls_client_cert_refused`).
     pub upstream_errors: IntCounterVec,
     /// Requests currently being processed.
     pub in_flight: IntGauge,

@@ -16,7 +16,7 @@ use serde_json::Value;
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------
@@ -531,6 +531,162 @@ fn mutual_tls_client_certificates_are_identities_for_policy_and_audit() {
     assert!(bob["client"].get("cert").is_none(), "{bob}");
 }
 
+/// The demo model over HTTPS as `model.internal`; with `client_ca`, it
+/// requires client certificates from that CA.
+fn tls_upstream(name: &str, pair: &Pair, client_ca: Option<&str>) -> (Proc, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(BIN);
+    cmd.args(["demo-model", "--listen", &addr, "--name", name])
+        .args(["--tls-cert", &pair.cert, "--tls-key", &pair.key]);
+    if let Some(ca) = client_ca {
+        cmd.args(["--client-ca", ca]);
+    }
+    let proc = Proc(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("TLS demo model", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(&addr).is_ok()
+    });
+    (proc, addr)
+}
+
+#[test]
+fn upstream_tls_verification_and_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model_ca = ca("Model CA");
+    let gateway_ca = ca("Gateway clients CA");
+    let model = issue(d, "model", &model_ca, server(&["model.internal"]));
+    let model_ca_file = write(d, "model-ca.pem", &model_ca.pem());
+    let gateway_ca_file = write(d, "gateway-ca.pem", &gateway_ca.pem());
+    let gw_client = issue(
+        d,
+        "gw-client",
+        &gateway_ca,
+        client_cert("modelgate", Some("modelgate gateway"), None, vec![]),
+    );
+    let (_plain_tls, addr) = tls_upstream("tls", &model, None);
+    let (_mtls, mtls_addr) = tls_upstream("mtls", &model, Some(&gateway_ca_file));
+
+    let pool = |name: &str, addr: &str, tls: &str, hc: &str| {
+        format!("  {name}:\n    hosts: [\"{addr}\"]\n    health_check: {hc}\n    tls: {tls}\n")
+    };
+    let body = format!(
+        "upstreams:\n{}{}{}{}{}routes:\n{}",
+        pool(
+            "trusted",
+            &addr,
+            &format!("{{server_name: model.internal, ca: {model_ca_file}}}"),
+            "{kind: http, path: /health, interval: 1s}"
+        ),
+        pool("system", &addr, "{server_name: model.internal}", "{interval: 1s}"),
+        pool(
+            "wrongname",
+            &addr,
+            &format!("{{server_name: other.internal, ca: {model_ca_file}}}"),
+            "{interval: 1s}"
+        ),
+        pool(
+            "mtls",
+            &mtls_addr,
+            &format!(
+                "{{server_name: model.internal, ca: {model_ca_file}, client_cert: {}, client_key: {}}}",
+                gw_client.cert, gw_client.key
+            ),
+            "{kind: http, path: /health, interval: 1s}"
+        ),
+        pool(
+            "nocert",
+            &mtls_addr,
+            &format!("{{server_name: model.internal, ca: {model_ca_file}}}"),
+            "{interval: 1s}"
+        ),
+        ["trusted", "system", "wrongname", "mtls", "nocert"]
+            .iter()
+            .map(|p| format!("  - {{path_prefix: /v1/, model: \"{p}\", upstream: {p}}}\n"))
+            .collect::<String>(),
+    );
+    // Ready means the HTTPS health checks (CA, client certificate) pass.
+    let gw = Gateway::start(&body, &[], true);
+    let call = |model: &str| {
+        http()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(ALICE_KEY)
+            .json(&chat(model, false))
+            .send()
+            .unwrap()
+    };
+
+    // The configured CA: verified, answered, masked.
+    let r = call("trusted");
+    assert_eq!(r.status(), 200);
+    let text = r.text().unwrap();
+    assert!(
+        text.contains("[EMAIL]") && !text.contains("jane.doe"),
+        "{text}"
+    );
+
+    // System roots only, or the wrong name: a clean 502, counted, and the
+    // log says why.
+    for pool in ["system", "wrongname"] {
+        let r = call(pool);
+        let (status, code) = error_code(r);
+        assert_eq!(
+            (status, code.as_str()),
+            (502, "upstream_unavailable"),
+            "{pool}"
+        );
+    }
+    let m = gw.metrics();
+    for pool in ["system", "wrongname"] {
+        let line =
+            format!("modelgate_upstream_errors_total{{kind=\"tls_verify\",upstream=\"{pool}\"}}");
+        assert!(metric(&m, &line) >= 1, "{pool}: {m}");
+    }
+    let log = gw.log_text();
+    assert!(
+        log.contains("certificate verify result: unable to get local issuer certificate"),
+        "{log}"
+    );
+    assert!(
+        log.contains("certificate verify result: hostname mismatch"),
+        "{log}"
+    );
+
+    // Upstream mutual TLS: with the gateway's certificate the model answers
+    // and saw it; without, the model refuses us.
+    let r = call("mtls");
+    assert_eq!(r.status(), 200);
+    let r = call("nocert");
+    assert_eq!(error_code(r).0, 502);
+    let m = gw.metrics();
+    let line =
+        "modelgate_upstream_errors_total{kind=\"tls_client_cert_refused\",upstream=\"nocert\"}";
+    assert!(metric(&m, line) >= 1, "{m}");
+    let ca_pem = model_ca.pem();
+    let seen: Vec<Value> = tls_client(&ca_pem, Some(&gw_client))
+        .resolve("model.internal", mtls_addr.parse().unwrap())
+        .build()
+        .unwrap()
+        .get(format!(
+            "https://model.internal:{}/__requests",
+            mtls_addr.rsplit(':').next().unwrap()
+        ))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(
+        seen.iter()
+            .any(|r| r["path"] == "/v1/chat/completions"
+                && r["client_cert_o"] == "modelgate gateway"),
+        "{seen:?}"
+    );
+}
+
 #[test]
 fn certificates_reload_on_sighup_and_file_change_without_dropping_connections() {
     let dir = tempfile::tempdir().unwrap();
@@ -659,9 +815,6 @@ fn certificates_reload_on_sighup_and_file_change_without_dropping_connections() 
     );
 }
 
-/// Upstream TLS settings `-t` accepts.
-const UPSTREAM_TLS: &str = "null";
-
 /// `modelgate -t` on a config with one HTTPS listener (`cert`, `key`, and
 /// `client_auth` when set) and an upstream pool with `upstream_tls`:
 /// (passed, stderr).
@@ -697,7 +850,7 @@ fn config_check_validates_certificate_files() {
     };
     let good = dated("good", -1, 365);
     let ca_file = write(d, "ca.pem", &ca1.pem());
-    let upstream = UPSTREAM_TLS;
+    let upstream = &format!("{{server_name: m.test, ca: {ca_file}}}");
 
     let (ok, out) = config_check(d, (&good.cert, &good.key), Some(&ca_file), upstream);
     assert!(ok && !out.contains("warning"), "{out}");
@@ -746,11 +899,24 @@ fn config_check_validates_certificate_files() {
     failing((&good.cert, &missing), None, upstream, "cannot read");
     let text = write(d, "text.pem", "not a certificate\n");
     failing((&text, &good.key), None, upstream, "no PEM certificate");
-    // The client CA bundle is checked too.
+    // CA bundles and upstream client certificates are checked too.
     failing(
         good_pair,
         Some(&text),
         upstream,
         "listeners[0].tls.client_auth.ca: ",
     );
+    let bad_ca = format!("{{server_name: m.test, ca: {text}}}");
+    failing(good_pair, None, &bad_ca, "upstreams.m.tls.ca: ");
+    let expired_client = format!(
+        "{{server_name: m.test, client_cert: {}, client_key: {}}}",
+        expired.cert, expired.key
+    );
+    failing(
+        good_pair,
+        None,
+        &expired_client,
+        "upstreams.m.tls.client_cert: ",
+    );
+    failing(good_pair, None, &expired_client, "expired on");
 }

@@ -70,7 +70,7 @@ pub struct Built {
     /// Who is calling: shared with the admin API (approvers sign in with
     /// their own key or token).
     pub clients: Arc<ClientRegistry>,
-    /// Certificates close to expiry.
+    /// Certificates close to expiry (upstream client certificates).
     pub warnings: Vec<String>,
 }
 
@@ -82,8 +82,15 @@ impl Gateway {
     ) -> std::result::Result<Built, ConfigError> {
         let mut pools = Vec::new();
         let mut services = Vec::new();
+        let mut warnings = Vec::new();
         for (name, up) in &config.upstreams {
-            let (pool, hc) = UpstreamPool::build(name, up, metrics.clone())?;
+            let (pool, hc) = UpstreamPool::build(
+                name,
+                up,
+                metrics.clone(),
+                config.tls.expiry_warning,
+                &mut warnings,
+            )?;
             pools.push(pool);
             services.push(hc);
         }
@@ -156,7 +163,7 @@ impl Gateway {
             jwks,
             approvals,
             clients,
-            warnings: Vec::new(),
+            warnings,
         })
     }
 
@@ -379,6 +386,9 @@ fn client_error_for(e: &Error) -> Option<ClientError> {
 
 fn upstream_error_kind(e: &Error) -> &'static str {
     use ErrorType::*;
+    if let Some(kind) = crate::tls::upstream::error_kind(e) {
+        return kind;
+    }
     match e.etype() {
         ConnectTimedout | ReadTimedout | WriteTimedout => "timeout",
         ConnectRefused | ConnectNoRoute | ConnectError | BindError | SocketError => "connect",
@@ -658,15 +668,21 @@ impl ProxyHttp for Gateway {
     fn fail_to_connect(
         &self,
         _session: &mut Session,
-        _peer: &HttpPeer,
+        peer: &HttpPeer,
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let Some(pool) = self.pool_of(ctx) {
+            let kind = upstream_error_kind(&e);
             self.metrics
                 .upstream_errors
-                .with_label_values(&[pool.name.as_str(), upstream_error_kind(&e)])
+                .with_label_values(&[pool.name.as_str(), kind])
                 .inc();
+            if kind.starts_with("tls_") {
+                // Logged here too: a retry on another host may succeed and
+                // the failure would otherwise go unseen.
+                log::warn!("pool {}: TLS with {peer} failed [{kind}]: {e}", pool.name);
+            }
             // Nothing was sent yet: another host can take the call.
             if ctx.tried.len() < pool.backend_count() {
                 e.set_retry(true);
