@@ -195,6 +195,7 @@ fn listeners<'a>(
     tls: &'a [String],
     ports: &'a [Cell<u16>],
 ) -> impl Fn(&str) -> String + 'a {
+    assert_eq!(tls.len(), ports.len(), "a port per TLS listener");
     let plain_extra = plain_extra.to_string();
     move |addr: &str| {
         let mut s = format!("listeners:\n  - {{name: plain, address: \"{addr}\"{plain_extra}}}\n");
@@ -217,19 +218,29 @@ fn https_with_sni_http2_h2c_streaming_and_masking() {
     let a = issue(d, "a", &ca1, server(&["a.test"]));
     let b = issue(d, "b", &ca1, server(&["b.test", "*.b.test"]));
     let up = Upstream::start("u");
-    let port = [Cell::new(0)];
-    let tls = [format!(
-        "  - name: public\n    address: \"127.0.0.1:PORT\"\n    tls:\n      certificates:\n        - {{cert: {}, key: {}}}\n        - {{cert: {}, key: {}}}\n",
-        a.cert, a.key, b.cert, b.key
-    )];
+    let ports = [Cell::new(0), Cell::new(0), Cell::new(0)];
+    let tls = [
+        format!(
+            "  - name: public\n    address: \"127.0.0.1:PORT\"\n    tls:\n      certificates:\n        - {{cert: {}, key: {}}}\n        - {{cert: {}, key: {}}}\n",
+            a.cert, a.key, b.cert, b.key
+        ),
+        format!(
+            "  - name: tls13\n    address: \"127.0.0.1:PORT\"\n    tls: {{certificates: [{{cert: {}, key: {}}}], min_version: \"1.3\"}}\n",
+            a.cert, a.key
+        ),
+        format!(
+            "  - name: strict\n    address: \"127.0.0.1:PORT\"\n    tls: {{certificates: [{{cert: {}, key: {}}}], ciphers: ECDHE-ECDSA-AES256-GCM-SHA384, http2: false}}\n",
+            a.cert, a.key
+        ),
+    ];
     let gw = Gateway::start_with(
-        &listeners(", h2c: true", &tls, &port),
+        &listeners(", h2c: true", &tls, &ports),
         &clients_yaml(),
         &one_pool(&up),
         &[],
         true,
     );
-    let p = port[0].get();
+    let [p, tls13, strict] = [0, 1, 2].map(|i| ports[i].get());
     let c = tls_client(&ca1.pem(), None).build().unwrap();
     let models = |name: &str| {
         c.get(format!("https://{name}:{p}/v1/models"))
@@ -276,26 +287,28 @@ fn https_with_sni_http2_h2c_streaming_and_masking() {
     assert!(hosts.contains(&format!("a.test:{p}")), "{hosts:?}");
 
     // Protocol floor and ciphers, probed with an OpenSSL client.
-    let probe = |max: openssl::ssl::SslVersion, ciphers: &str| -> Result<String, String> {
-        use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
-        let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
-        b.set_verify(SslVerifyMode::NONE);
-        b.set_min_proto_version(None).unwrap();
-        b.set_max_proto_version(Some(max)).unwrap();
-        b.set_cipher_list(ciphers).unwrap();
-        let tcp = std::net::TcpStream::connect(("127.0.0.1", p)).unwrap();
-        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        b.build()
-            .connect("a.test", tcp)
-            .map(|s| {
-                format!(
-                    "{} {:?}",
-                    s.ssl().version_str(),
-                    s.ssl().current_cipher().map(|c| c.name())
-                )
-            })
-            .map_err(|e| e.to_string())
-    };
+    let probe_port =
+        |p: u16, max: openssl::ssl::SslVersion, ciphers: &str| -> Result<String, String> {
+            use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+            let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
+            b.set_verify(SslVerifyMode::NONE);
+            b.set_min_proto_version(None).unwrap();
+            b.set_max_proto_version(Some(max)).unwrap();
+            b.set_cipher_list(ciphers).unwrap();
+            let tcp = std::net::TcpStream::connect(("127.0.0.1", p)).unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            b.build()
+                .connect("a.test", tcp)
+                .map(|s| {
+                    format!(
+                        "{} {:?}",
+                        s.ssl().version_str(),
+                        s.ssl().current_cipher().map(|c| c.name())
+                    )
+                })
+                .map_err(|e| e.to_string())
+        };
+    let probe = |max, ciphers: &str| probe_port(p, max, ciphers);
     use openssl::ssl::SslVersion;
     let tls11 = probe(SslVersion::TLS1_1, "DEFAULT:@SECLEVEL=0");
     // The server's refusal, not a client-side one.
@@ -309,6 +322,25 @@ fn https_with_sni_http2_h2c_streaming_and_masking() {
     assert!(gcm.starts_with("TLSv1.2"), "{gcm}");
     let cbc = probe(SslVersion::TLS1_2, "ECDHE-ECDSA-AES128-SHA");
     assert!(cbc.is_err(), "CBC suite accepted: {cbc:?}");
+    // min_version "1.3": TLS 1.2 refused.
+    let old = probe_port(tls13, SslVersion::TLS1_2, "DEFAULT");
+    assert!(
+        old.as_ref().is_err_and(|e| e.contains("protocol version")),
+        "TLS 1.2 on tls13: {old:?}"
+    );
+    let new = probe_port(tls13, SslVersion::TLS1_3, "DEFAULT").unwrap();
+    assert!(new.starts_with("TLSv1.3"), "{new}");
+    // ciphers: only the configured suite for TLS 1.2; http2: false.
+    let other = probe_port(strict, SslVersion::TLS1_2, "ECDHE-ECDSA-AES128-GCM-SHA256");
+    assert!(other.is_err(), "unconfigured suite accepted: {other:?}");
+    let only = probe_port(strict, SslVersion::TLS1_2, "ECDHE-ECDSA-AES256-GCM-SHA384").unwrap();
+    assert!(only.contains("ECDHE-ECDSA-AES256-GCM-SHA384"), "{only}");
+    let r = c
+        .get(format!("https://a.test:{strict}/v1/models"))
+        .bearer_auth(ALICE_KEY)
+        .send()
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
 
     let m = gw.metrics();
     assert!(
@@ -368,7 +400,7 @@ fn mutual_tls_client_certificates_are_identities_for_policy_and_audit() {
 
     let up = Upstream::start("u");
     let audit = d.join("audit.jsonl");
-    let ports = [Cell::new(0), Cell::new(0)];
+    let ports = [Cell::new(0), Cell::new(0), Cell::new(0)];
     let listener = |name: &str, mode: &str| {
         format!(
             "  - name: {name}\n    address: \"127.0.0.1:PORT\"\n    tls:\n      certificates: [{{cert: {}, key: {}}}]\n      client_auth: {{mode: {mode}, ca: {clients_ca_file}}}\n",
@@ -378,6 +410,7 @@ fn mutual_tls_client_certificates_are_identities_for_policy_and_audit() {
     let tls = [
         listener("internal", "required"),
         listener("partners", "optional"),
+        listener("handshake", "required, reject_in_handshake: true"),
     ];
     let clients = format!(
         "{}  - {{name: alice-svc, cert: {{uri: \"spiffe://corp/ns/ml/sa/alice\"}}, groups: [ml]}}\n  - {{name: ops, cert: {{cn: ops-console}}, groups: [admin]}}\n",
@@ -389,7 +422,7 @@ fn mutual_tls_client_certificates_are_identities_for_policy_and_audit() {
         audit.display()
     );
     let gw = Gateway::start_with(&listeners("", &tls, &ports), &clients, &body, &[], true);
-    let (internal, partners) = (ports[0].get(), ports[1].get());
+    let [internal, partners, handshake] = [0, 1, 2].map(|i| ports[i].get());
     let call = |c: &Client, port: u16, model: &str, key: Option<&str>| {
         let mut r = c
             .post(format!("https://gw.test:{port}/v1/chat/completions"))
@@ -454,6 +487,16 @@ fn mutual_tls_client_certificates_are_identities_for_policy_and_audit() {
     let e = call(&as_rogue, internal, "demo-model", None).unwrap_err();
     assert!(e.is_request(), "{e:?}");
     assert_eq!(refused(), 1);
+
+    // reject_in_handshake: no certificate, no HTTP at all.
+    let e = call(&anonymous, handshake, "demo-model", Some(ALICE_KEY)).unwrap_err();
+    assert!(e.is_request(), "{e:?}");
+    assert_eq!(
+        call(&as_ops, handshake, "demo-model", None)
+            .unwrap()
+            .status(),
+        200
+    );
 
     // Optional: an API key without a certificate, a certificate without a
     // key, and still no foreign certificates.
@@ -559,7 +602,12 @@ fn upstream_tls_verification_and_mutual_tls() {
     let d = dir.path();
     let model_ca = ca("Model CA");
     let gateway_ca = ca("Gateway clients CA");
-    let model = issue(d, "model", &model_ca, server(&["model.internal"]));
+    let model = issue(
+        d,
+        "model",
+        &model_ca,
+        server(&["model.internal", "localhost"]),
+    );
     let model_ca_file = write(d, "model-ca.pem", &model_ca.pem());
     let gateway_ca_file = write(d, "gateway-ca.pem", &gateway_ca.pem());
     let gw_client = issue(
@@ -571,44 +619,62 @@ fn upstream_tls_verification_and_mutual_tls() {
     let (_plain_tls, addr) = tls_upstream("tls", &model, None);
     let (_mtls, mtls_addr) = tls_upstream("mtls", &model, Some(&gateway_ca_file));
 
-    let pool = |name: &str, addr: &str, tls: &str, hc: &str| {
-        format!("  {name}:\n    hosts: [\"{addr}\"]\n    health_check: {hc}\n    tls: {tls}\n")
-    };
-    let body = format!(
-        "upstreams:\n{}{}{}{}{}routes:\n{}",
-        pool(
-            "trusted",
-            &addr,
-            &format!("{{server_name: model.internal, ca: {model_ca_file}}}"),
-            "{kind: http, path: /health, interval: 1s}"
+    let port = addr.rsplit(':').next().unwrap();
+    let ca_tls = |name: &str| format!("{{server_name: {name}, ca: {model_ca_file}}}");
+    let http_hc = "{kind: http, path: /health, interval: 1s}";
+    let pools = [
+        ("trusted", addr.clone(), ca_tls("model.internal"), http_hc),
+        ("system", addr.clone(), "{server_name: model.internal}".into(), ""),
+        ("wrongname", addr.clone(), ca_tls("other.internal"), ""),
+        (
+            "altname",
+            addr.clone(),
+            format!("{{server_name: other.internal, alternative_name: model.internal, ca: {model_ca_file}}}"),
+            "",
         ),
-        pool("system", &addr, "{server_name: model.internal}", "{interval: 1s}"),
-        pool(
-            "wrongname",
-            &addr,
-            &format!("{{server_name: other.internal, ca: {model_ca_file}}}"),
-            "{interval: 1s}"
+        (
+            "chainonly",
+            addr.clone(),
+            format!("{{server_name: other.internal, verify_hostname: false, ca: {model_ca_file}}}"),
+            "",
         ),
-        pool(
+        (
+            "insecure",
+            addr.clone(),
+            "{server_name: other.internal, insecure_skip_verify: true}".into(),
+            "",
+        ),
+        // No server_name: the SNI and verified name is the host's own.
+        (
+            "byname",
+            format!("localhost:{port}"),
+            format!("{{ca: {model_ca_file}}}"),
+            "",
+        ),
+        (
             "mtls",
-            &mtls_addr,
-            &format!(
+            mtls_addr.clone(),
+            format!(
                 "{{server_name: model.internal, ca: {model_ca_file}, client_cert: {}, client_key: {}}}",
                 gw_client.cert, gw_client.key
             ),
-            "{kind: http, path: /health, interval: 1s}"
+            http_hc,
         ),
-        pool(
-            "nocert",
-            &mtls_addr,
-            &format!("{{server_name: model.internal, ca: {model_ca_file}}}"),
-            "{interval: 1s}"
-        ),
-        ["trusted", "system", "wrongname", "mtls", "nocert"]
-            .iter()
-            .map(|p| format!("  - {{path_prefix: /v1/, model: \"{p}\", upstream: {p}}}\n"))
-            .collect::<String>(),
-    );
+        ("nocert", mtls_addr.clone(), ca_tls("model.internal"), ""),
+    ];
+    let mut body = String::from("upstreams:\n");
+    for (name, host, tls, hc) in &pools {
+        let hc = if hc.is_empty() { "{interval: 1s}" } else { hc };
+        body.push_str(&format!(
+            "  {name}:\n    hosts: [\"{host}\"]\n    health_check: {hc}\n    tls: {tls}\n"
+        ));
+    }
+    body.push_str("routes:\n");
+    for (name, ..) in &pools {
+        body.push_str(&format!(
+            "  - {{path_prefix: /v1/, model: \"{name}\", upstream: {name}}}\n"
+        ));
+    }
     // Ready means the HTTPS health checks (CA, client certificate) pass.
     let gw = Gateway::start(&body, &[], true);
     let call = |model: &str| {
@@ -655,6 +721,21 @@ fn upstream_tls_verification_and_mutual_tls() {
         log.contains("certificate verify result: hostname mismatch"),
         "{log}"
     );
+
+    // An accepted alternative name, a chain-only check, no check at all,
+    // and a host's own name as the SNI: answered.
+    for pool in ["altname", "chainonly", "insecure", "byname"] {
+        assert_eq!(call(pool).status(), 200, "{pool}");
+    }
+    let m = gw.metrics();
+    let errors = |pool: &str| {
+        m.lines()
+            .filter(|l| l.starts_with("modelgate_upstream_errors_total{"))
+            .any(|l| l.contains(&format!("upstream=\"{pool}\"")))
+    };
+    for pool in ["trusted", "altname", "chainonly", "insecure"] {
+        assert!(!errors(pool), "{pool}: {m}");
+    }
 
     // Upstream mutual TLS: with the gateway's certificate the model answers
     // and saw it; without, the model refuses us.
@@ -919,4 +1000,16 @@ fn config_check_validates_certificate_files() {
         "upstreams.m.tls.client_cert: ",
     );
     failing(good_pair, None, &expired_client, "expired on");
+    // OpenSSL must accept the cipher string.
+    let (ok, out) = check_config(
+        d,
+        &format!(
+            "listeners:\n  - address: \"127.0.0.1:1\"\n    tls: {{certificates: [{{cert: {}, key: {}}}], ciphers: NOPE}}\nupstreams: {{m: {{hosts: [\"127.0.0.1:1\"]}}}}\nroutes: [{{upstream: m}}]\n",
+            good.cert, good.key
+        ),
+    );
+    assert!(
+        !ok && out.contains("listeners[0].tls.ciphers: OpenSSL accepts no cipher in `NOPE`"),
+        "{out}"
+    );
 }
