@@ -58,8 +58,8 @@ pub enum AuthError {
     Invalid,
     /// A JWT was presented and refused.
     Jwt(jwt::JwtError),
-    /// A valid JWT whose subject is the name of a configured API-key client:
-    /// rules and limits naming that client must not apply to it.
+    /// A valid JWT whose subject is the name of a configured client (API key
+    /// or certificate): rules and limits naming that client must not apply to it.
     SubjectIsAClient,
     /// The listener requires a client certificate and none was sent.
     CertificateRequired,
@@ -224,7 +224,9 @@ impl ClientRegistry {
         if let Some(verifier) = &self.jwt {
             if jwt::looks_like_jwt(key) {
                 let id = verifier.verify(key).map_err(AuthError::Jwt)?;
-                if self.entries.iter().any(|(_, c)| c.name == id.subject) {
+                let key_clients = self.entries.iter().map(|(_, c)| &c.name);
+                let cert_clients = self.by_cert.iter().map(|(_, c)| &c.name);
+                if key_clients.chain(cert_clients).any(|n| *n == id.subject) {
                     return Err(AuthError::SubjectIsAClient);
                 }
                 let label = match self.label_groups.iter().find(|g| id.groups.contains(g)) {

@@ -208,14 +208,23 @@ struct PerHostCheck {
 #[async_trait]
 impl HealthCheck for PerHostCheck {
     async fn check(&self, target: &Backend) -> pingora_error::Result<()> {
-        let hc = host_name(&self.host_names, target)
+        let named = host_name(&self.host_names, target);
+        let Some((_, hc)) = named
             .and_then(|n| self.checks.iter().find(|(c, _)| c == n))
-            .unwrap_or(&self.checks[0]);
-        hc.1.check(target).await
+            .or(self.checks.first())
+        else {
+            return pingora_error::Error::e_explain(
+                pingora_error::ErrorType::InternalError,
+                "no health check for this host",
+            );
+        };
+        hc.check(target).await
     }
 
     fn health_threshold(&self, success: bool) -> usize {
-        self.checks[0].1.health_threshold(success)
+        self.checks
+            .first()
+            .map_or(1, |(_, hc)| hc.health_threshold(success))
     }
 }
 
