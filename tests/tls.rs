@@ -397,6 +397,11 @@ fn mutual_tls_client_certificates_are_identities_for_policy_and_audit() {
         &rogue_ca,
         client_cert("ops-console", None, None, vec![]),
     );
+    let mut expired = client_cert("ops-console", None, None, vec![]);
+    let now = time::OffsetDateTime::now_utc();
+    expired.not_before = now - time::Duration::days(30);
+    expired.not_after = now - time::Duration::days(1);
+    let expired = issue(d, "expired", &clients_ca, expired);
 
     let up = Upstream::start("u");
     let audit = d.join("audit.jsonl");
@@ -487,6 +492,12 @@ fn mutual_tls_client_certificates_are_identities_for_policy_and_audit() {
     let e = call(&as_rogue, internal, "demo-model", None).unwrap_err();
     assert!(e.is_request(), "{e:?}");
     assert_eq!(refused(), 1);
+    // So does an expired certificate from the right CA.
+    let as_expired = tls_client(&server_ca.pem(), Some(&expired))
+        .build()
+        .unwrap();
+    assert!(call(&as_expired, internal, "demo-model", None).is_err());
+    assert_eq!(refused(), 2);
 
     // reject_in_handshake: no certificate, no HTTP at all.
     let e = call(&anonymous, handshake, "demo-model", Some(ALICE_KEY)).unwrap_err();
@@ -766,6 +777,20 @@ fn upstream_tls_verification_and_mutual_tls() {
                 && r["client_cert_o"] == "modelgate gateway"),
         "{seen:?}"
     );
+
+    // An HTTPS health check verifies too: a host whose certificate fails is
+    // unhealthy, and the gateway is not ready.
+    let body = format!(
+        "upstreams:\n  unverified:\n    hosts: [\"{addr}\"]\n    health_check: {{kind: http, path: /health, interval: 1s}}\n    tls: {{server_name: model.internal}}\nroutes: [{{upstream: unverified}}]\n"
+    );
+    let unready = Gateway::start(&body, &[], false);
+    let line =
+        format!("modelgate_upstream_host_healthy{{host=\"{addr}\",upstream=\"unverified\"}} 0");
+    wait_until("the failed health check", Duration::from_secs(10), || {
+        unready.metrics().contains(&line)
+    });
+    let ready = http().get(unready.admin_url("/readyz")).send().unwrap();
+    assert_eq!(ready.status(), 503);
 }
 
 #[test]
@@ -881,19 +906,23 @@ fn certificates_reload_on_sighup_and_file_change_without_dropping_connections() 
         peer_der(&c.get(&url).bearer_auth(ALICE_KEY).send().unwrap())
     };
     assert!(served() == new.der);
+    // Half written (the new certificate, the old key): refused, and tried
+    // again at the next check until the key arrives.
+    let count = |result: &str| {
+        let line =
+            format!("modelgate_tls_reloads_total{{listener=\"polled\",result=\"{result}\"}}");
+        metric(&polled.metrics(), &line)
+    };
     std::fs::copy(&other.cert, d.join("poll.pem")).unwrap();
+    wait_until("the refused reloads", Duration::from_secs(10), || {
+        count("error") >= 2
+    });
+    assert!(served() == new.der);
     std::fs::copy(&other.key, d.join("poll.key")).unwrap();
     wait_until("the polled reload", Duration::from_secs(10), || {
         served() == other.der
     });
-    let m = polled.metrics();
-    assert!(
-        metric(
-            &m,
-            "modelgate_tls_reloads_total{listener=\"polled\",result=\"ok\"}"
-        ) >= 1,
-        "{m}"
-    );
+    assert_eq!(count("ok"), 1);
 }
 
 /// `modelgate -t` on a config with one HTTPS listener (`cert`, `key`, and
