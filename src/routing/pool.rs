@@ -181,8 +181,13 @@ impl UpstreamPool {
     pub fn peer(&self, backend: &Backend) -> HttpPeer {
         let mut peer = HttpPeer::new(backend.addr.clone(), false, String::new());
         if let Some(tls) = &self.tls {
-            let name = host_name(&self.host_names, backend);
-            tls.apply(&mut peer, name.map_or("", |n| n));
+            match host_name(&self.host_names, backend) {
+                Some(name) => tls.apply(&mut peer, name),
+                // Not expected (every backend comes from `hosts`). Never an
+                // empty SNI, which would turn verification off: the address
+                // fails the name check instead.
+                None => tls.apply(&mut peer, &backend.addr.to_string()),
+            }
         }
         let o = &mut peer.options;
         o.connection_timeout = Some(self.connect_timeout);

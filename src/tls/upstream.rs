@@ -121,3 +121,27 @@ pub fn error_kind(e: &Error) -> Option<&'static str> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_failures_have_their_own_kinds() {
+        let kind = |t: ErrorType| error_kind(&Error::explain(t, "x"));
+        assert_eq!(kind(ErrorType::InvalidCert), Some("tls_verify"));
+        assert_eq!(kind(ErrorType::TLSHandshakeFailure), Some("tls_handshake"));
+        assert_eq!(kind(ErrorType::ConnectRefused), None);
+        assert_eq!(kind(ErrorType::ReadError), None);
+        // TLS 1.3: the refusal of our certificate arrives as the cause of a read error.
+        let refused = Error::because(
+            ErrorType::ReadError,
+            "while reading the response header",
+            Error::explain(
+                ErrorType::ReadError,
+                "error:0A00045C:SSL routines::tlsv13 alert certificate required",
+            ),
+        );
+        assert_eq!(error_kind(&refused), Some("tls_client_cert_refused"));
+    }
+}
