@@ -1029,6 +1029,14 @@ fn config_check_validates_certificate_files() {
         "upstreams.m.tls.client_cert: ",
     );
     failing(good_pair, None, &expired_client, "expired on");
+    // Verification turned off passes, loudly.
+    let insecure = "{server_name: m.test, insecure_skip_verify: true}";
+    let (ok, out) = config_check(d, good_pair, None, insecure);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("modelgate: warning: upstreams.m.tls.insecure_skip_verify: the certificates of pool m are NOT verified"),
+        "{out}"
+    );
     // OpenSSL must accept the cipher string.
     let (ok, out) = check_config(
         d,

@@ -53,9 +53,9 @@ impl UpstreamPool {
         let tls = match &cfg.tls {
             Some(t) => {
                 let at = format!("upstreams.{name}.tls");
-                let (tls, warning) =
+                let (tls, w) =
                     UpstreamTls::build(name, &at, t, expiry_warning).map_err(ConfigError)?;
-                warnings.extend(warning);
+                warnings.extend(w);
                 Some(tls)
             }
             None => None,

@@ -33,14 +33,14 @@ pub struct UpstreamTls {
 
 impl UpstreamTls {
     /// Reads the CA bundle and client certificate; `at` is the config key
-    /// (`upstreams.<pool>.tls`). Returns a warning for a client certificate
-    /// close to expiry.
+    /// (`upstreams.<pool>.tls`). Also returns warnings: a client certificate
+    /// close to expiry, verification turned off.
     pub fn build(
         pool: &str,
         at: &str,
         cfg: &UpstreamTlsConfig,
         warn_within: Duration,
-    ) -> Result<(UpstreamTls, Option<String>), String> {
+    ) -> Result<(UpstreamTls, Vec<String>), String> {
         let ca = match &cfg.ca {
             None => None,
             Some(path) => {
@@ -48,7 +48,7 @@ impl UpstreamTls {
                 Some(Arc::new(certs.into_boxed_slice()))
             }
         };
-        let (client, warning) = match (&cfg.client_cert, &cfg.client_key) {
+        let (client, expiry) = match (&cfg.client_cert, &cfg.client_key) {
             (Some(cert), Some(key)) => {
                 let files = CertKeyFiles {
                     cert: cert.clone(),
@@ -63,8 +63,11 @@ impl UpstreamTls {
             }
             _ => (None, None),
         };
+        let mut warnings: Vec<String> = expiry.into_iter().collect();
         if cfg.insecure_skip_verify {
-            log::warn!("{at}.insecure_skip_verify: certificates of pool {pool} are NOT verified");
+            warnings.push(format!(
+                "{at}.insecure_skip_verify: the certificates of pool {pool} are NOT verified"
+            ));
         }
         let mut h = std::collections::hash_map::DefaultHasher::new();
         ("modelgate upstream pool", pool).hash(&mut h);
@@ -77,7 +80,7 @@ impl UpstreamTls {
             alternative_name: cfg.alternative_name.clone(),
             group_key: h.finish(),
         };
-        Ok((tls, warning))
+        Ok((tls, warnings))
     }
 
     /// Makes `peer` an HTTPS peer for a host named `host_name`.
