@@ -12,6 +12,10 @@ python=${PYTHON:-python3}
 need=()
 command -v make >/dev/null 2>&1 || need+=(make)
 command -v cmake >/dev/null 2>&1 || need+=(cmake) # pingora's zlib-ng build
+# TLS: openssl-sys links the system libssl (OPENSSL_NO_VENDOR in .cargo/config.toml);
+# upstream pools without their own CA verify against the system roots.
+pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev pkg-config)
+[[ -e /etc/ssl/certs/ca-certificates.crt ]] || need+=(ca-certificates)
 # Debian's python3 creates venvs with pip only once python3-venv is installed
 # (ensurepip lives there); other Pythons (pyenv, python.org) have it built in.
 if [[ ! -x .venv/bin/pip ]] && ! "$python" -c 'import ensurepip' >/dev/null 2>&1; then

@@ -1,5 +1,6 @@
-//! Assembly: turns a validated [`Config`] into Pingora services (the proxy,
-//! the admin listener, one health-check service per pool). Building is split
+//! Assembly: turns a validated [`Config`] into Pingora services (the proxy
+//! with its plain and HTTPS listeners, the admin listener, one health-check
+//! service per pool, certificate reload). Building is split
 //! from adding so that everything that can fail does so before the server
 //! bootstraps (with `-u`, before it takes the old process's sockets).
 //! `main` and the demo both use it, so they cannot drift apart.
@@ -13,6 +14,10 @@ use crate::identity::jwt::JwtVerifier;
 use crate::identity::ClientRegistry;
 use crate::metrics::Metrics;
 use crate::routing::pool::HealthService;
+use crate::tls::certs::SniCerts;
+use crate::tls::reload::{CertReload, WatchedListener};
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::Server;
 use pingora_core::services::listening::Service;
 use std::sync::Arc;
@@ -26,11 +31,18 @@ pub struct Services {
     approvals: Option<Arc<Approvals>>,
     clients: Arc<ClientRegistry>,
     metrics: Arc<Metrics>,
+    /// `listeners` entries: address and, for HTTPS, their TLS settings.
+    listeners: Vec<(String, Option<TlsSettings>)>,
+    /// h2c on the plain listeners (one flag for the proxy service).
+    h2c: bool,
+    reload: Option<CertReload>,
+    warnings: Vec<String>,
 }
 
 impl Services {
     /// Builds the gateway (resolving hosts, reading credential files,
-    /// compiling detectors) and its health checks.
+    /// compiling detectors), its health checks, and the TLS settings of
+    /// every HTTPS listener (reading and checking every certificate).
     pub fn build(config: &Config) -> Result<Services, ConfigError> {
         let metrics = Arc::new(Metrics::new());
         let Built {
@@ -40,8 +52,47 @@ impl Services {
             jwks,
             approvals,
             clients,
+            mut warnings,
         } = Gateway::build(config, metrics.clone())?;
+        let mut listeners = Vec::new();
+        let mut watched = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let Some(tls) = &l.tls else {
+                listeners.push((l.address.clone(), None));
+                continue;
+            };
+            let name = l.name_or_default(i);
+            let at = format!("listeners[{i}].tls");
+            let certs_at = format!("{at}.certificates");
+            let (set, w) =
+                SniCerts::load_all(&certs_at, &tls.certificates, config.tls.expiry_warning)
+                    .map_err(ConfigError)?;
+            warnings.extend(w);
+            crate::tls::reload::set_expiry(&metrics, &name, &set);
+            let store = Arc::new(arc_swap::ArcSwap::from_pointee(set));
+            let settings =
+                crate::tls::listener::tls_settings(&name, &at, tls, store.clone(), metrics.clone())
+                    .map_err(ConfigError)?;
+            listeners.push((l.address.clone(), Some(settings)));
+            watched.push(WatchedListener::new(
+                &name,
+                certs_at,
+                tls.certificates.clone(),
+                store,
+            ));
+        }
+        let reload = (!watched.is_empty()).then(|| CertReload {
+            listeners: watched,
+            interval: config.tls.reload_check_interval,
+            warn_within: config.tls.expiry_warning,
+            metrics: metrics.clone(),
+        });
+        let h2c = config.listeners.iter().any(|l| l.tls.is_none() && l.h2c);
         Ok(Services {
+            listeners,
+            h2c,
+            reload,
+            warnings,
             gateway,
             health,
             audit_writer,
@@ -52,6 +103,11 @@ impl Services {
         })
     }
 
+    /// Certificates close to expiry, for `-t` and the start-up log.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
     /// Adds the services to `server`.
     pub fn add_to(self, server: &mut Server, config: &Config) {
         let pools = self.gateway.pools();
@@ -60,10 +116,34 @@ impl Services {
             self.gateway,
             "modelgate proxy",
         );
+        if self.h2c {
+            // Per service in Pingora; ignored on TLS connections (ALPN decides there).
+            let mut options = HttpServerOptions::default();
+            options.h2c = true;
+            if let Some(app) = proxy.app_logic_mut() {
+                app.server_options = Some(options);
+            }
+        }
         for addr in &config.listen {
             proxy.add_tcp(addr);
         }
+        for (addr, tls) in self.listeners {
+            match tls {
+                Some(mut settings) => {
+                    // `server.downstream_tls_offload_*`, when set.
+                    settings.set_offload_threadpool_from_server_conf(&server.configuration);
+                    proxy.add_tls_with_settings(&addr, None, settings);
+                }
+                None => proxy.add_tcp(&addr),
+            }
+        }
         server.add_service(proxy);
+        if let Some(reload) = self.reload {
+            server.add_service(pingora_core::services::background::background_service(
+                "modelgate certificate reload",
+                reload,
+            ));
+        }
 
         if let Some(admin) = &config.admin {
             let app = AdminApp::new(

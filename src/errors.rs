@@ -60,6 +60,15 @@ impl ClientError {
         Self::new(401, "authentication_error", Some(code), message)
     }
 
+    /// Authentication failed: 401, or 403 (`permission_error`) for a
+    /// caller proven but not admitted (an unknown client certificate).
+    pub fn auth_failed(status: u16, code: &'static str, message: &str) -> Self {
+        match status {
+            403 => Self::new(403, "permission_error", Some(code), message),
+            _ => Self::unauthorized(code, message),
+        }
+    }
+
     /// A policy rule denied the call.
     pub fn policy_denied(message: &str) -> Self {
         Self::new(403, "permission_error", Some("policy_denied"), message)

@@ -18,3 +18,4 @@ pub mod policy;
 pub mod routing;
 #[cfg(test)]
 pub(crate) mod testkit;
+pub mod tls;

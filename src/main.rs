@@ -78,6 +78,15 @@ enum Command {
         name: String,
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Serve HTTPS with this certificate (PEM), with `--tls-key`.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<String>,
+        /// The private key (PEM) of `--tls-cert`.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<String>,
+        /// Require client certificates issued by this CA (PEM).
+        #[arg(long, requires = "tls_cert")]
+        client_ca: Option<String>,
     },
 }
 
@@ -121,12 +130,23 @@ fn main() -> ExitCode {
             ref listen,
             ref name,
             threads,
-        }) => run_demo_model(listen, name, threads),
+            ref tls_cert,
+            ref tls_key,
+            ref client_ca,
+        }) => {
+            let tls = tls_cert.as_deref().zip(tls_key.as_deref());
+            run_demo_model(listen, name, threads, tls, client_ca.as_deref())
+        }
         None => match cli.conf.clone() {
             None => fail("no configuration file: use `modelgate -c FILE` (or `modelgate demo`)"),
             Some(path) if cli.test => test_config(&path),
             Some(path) => match load(&path) {
-                Ok((config, services)) => run(&cli, &config, services, None),
+                Ok((config, services)) => {
+                    for w in services.warnings() {
+                        log::warn!("{w}");
+                    }
+                    run(&cli, &config, services, None)
+                }
                 Err(e) => fail(&format!("{e} in {}", path.display())),
             },
         },
@@ -148,7 +168,10 @@ fn load(path: &Path) -> Result<(Config, Services), config::ConfigError> {
 
 fn test_config(path: &Path) -> ExitCode {
     match load(path) {
-        Ok(_) => {
+        Ok((_, services)) => {
+            for w in services.warnings() {
+                eprintln!("modelgate: warning: {w}");
+            }
             println!(
                 "modelgate: the configuration file {} syntax is ok",
                 path.display()
@@ -214,14 +237,30 @@ fn run_demo(cli: &Cli, listen: &str, admin: &str, model: &str, audit: &str) -> E
     run(cli, &config, services, Some(model))
 }
 
-fn run_demo_model(listen: &str, name: &str, threads: usize) -> ExitCode {
+fn run_demo_model(
+    listen: &str,
+    name: &str,
+    threads: usize,
+    tls: Option<(&str, &str)>,
+    client_ca: Option<&str>,
+) -> ExitCode {
     let conf = pingora_core::server::configuration::ServerConf {
         threads: threads.max(1),
         ..Default::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    server.add_service(demo::demo_service(name, listen));
+    match tls {
+        None => {
+            server.add_service(demo::demo_service(name, listen));
+        }
+        Some((cert, key)) => match demo::demo_tls_service(name, listen, cert, key, client_ca) {
+            Ok(service) => {
+                server.add_service(service);
+            }
+            Err(e) => return fail(&e),
+        },
+    }
     server.run_forever()
 }
 

@@ -2,7 +2,7 @@
 //! default registry, so tests can run several gateways in one process).
 //! Label cardinality is bounded: `client` is a configured client name (or
 //! `-` before authentication), `route`/`upstream` are configured names,
-//! `status` an HTTP status code.
+//! `status` an HTTP status code, `listener` a configured listener name.
 
 use prometheus::{
     exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -17,7 +17,8 @@ pub struct Metrics {
     pub duration: HistogramVec,
     /// Time from request start to the upstream's response header, by route.
     pub ttfb: HistogramVec,
-    /// Upstream failures by pool and kind (`connect`, `timeout`, `io`, `no_healthy_host`).
+    /// Upstream failures by pool and kind (`connect`, `timeout`, `io`,
+    /// `no_healthy_host`, `tls_verify`, `tls_handshake`, `tls_client_cert_refused`).
     pub upstream_errors: IntCounterVec,
     /// Requests currently being processed.
     pub in_flight: IntGauge,
@@ -54,6 +55,14 @@ pub struct Metrics {
     /// Approval webhook deliveries since start, by outcome (`sent`,
     /// `failed`, `dropped`, `retries`).
     pub approval_webhook: IntGaugeVec,
+    /// Completed TLS handshakes, by listener and protocol version.
+    pub tls_handshakes: IntCounterVec,
+    /// Client certificates that failed verification, by listener.
+    pub tls_client_cert_refused: IntCounterVec,
+    /// `notAfter` of each listener certificate (Unix seconds), by listener and name.
+    pub tls_cert_expiry: IntGaugeVec,
+    /// Certificate reloads, by listener and result (`ok`, `error`).
+    pub tls_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -172,8 +181,44 @@ impl Metrics {
             &["outcome"],
         )
         .unwrap();
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new(
+                "tls_handshakes_total",
+                "TLS handshakes, by listener and version",
+            ),
+            &["listener", "version"],
+        )
+        .unwrap();
+        let tls_client_cert_refused = IntCounterVec::new(
+            Opts::new(
+                "tls_client_cert_refused_total",
+                "Client certificates that failed verification, by listener",
+            ),
+            &["listener"],
+        )
+        .unwrap();
+        let tls_cert_expiry = IntGaugeVec::new(
+            Opts::new(
+                "tls_certificate_expiry_seconds",
+                "notAfter of each listener certificate, in Unix seconds",
+            ),
+            &["listener", "name"],
+        )
+        .unwrap();
+        let tls_reloads = IntCounterVec::new(
+            Opts::new(
+                "tls_reloads_total",
+                "Listener certificate reloads, by listener and result",
+            ),
+            &["listener", "result"],
+        )
+        .unwrap();
         for c in [
-            Box::new(rate_limit_store_errors.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(tls_handshakes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(tls_client_cert_refused.clone()),
+            Box::new(tls_cert_expiry.clone()),
+            Box::new(tls_reloads.clone()),
+            Box::new(rate_limit_store_errors.clone()),
             Box::new(approvals.clone()),
             Box::new(approvals_pending.clone()),
             Box::new(approvals_held.clone()),
@@ -218,6 +263,10 @@ impl Metrics {
             approvals_pending,
             approvals_held,
             approval_webhook,
+            tls_handshakes,
+            tls_client_cert_refused,
+            tls_cert_expiry,
+            tls_reloads,
         }
     }
 

@@ -686,22 +686,6 @@ fn kill_9_under_load_leaves_whole_records_and_the_restarted_writer_resumes_the_c
     assert_eq!(after.last().unwrap()["kind"], "shutdown");
 }
 
-/// Runs `modelgate -t` on `yaml`: (passed, stderr).
-fn check_config(dir: &Path, yaml: &str) -> (bool, String) {
-    let conf = dir.join("c.yaml");
-    std::fs::write(&conf, yaml).unwrap();
-    let out = Command::new(BIN)
-        .arg("-t")
-        .arg("-c")
-        .arg(&conf)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
-
 #[test]
 fn an_unwritable_audit_path_or_bad_option_fails_the_config_check() {
     let dir = tempfile::tempdir().unwrap();

@@ -20,6 +20,8 @@ pub struct Call {
     pub id: String,
     pub started: SystemTime,
     pub client: Option<Arc<Client>>,
+    /// The client connection's TLS (HTTPS listeners only).
+    pub tls: Option<Arc<crate::tls::listener::TlsInfo>>,
     pub method: String,
     pub path: String,
     pub route: Option<Arc<str>>,
@@ -180,6 +182,8 @@ struct ClientJson<'a> {
     name: &'a str,
     groups: &'a [String],
     via: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cert: Option<&'a crate::identity::cert::PeerIdentity>,
 }
 
 #[derive(Serialize)]
@@ -188,6 +192,8 @@ struct Common<'a> {
     id: &'a str,
     ts: String,
     client: Option<ClientJson<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<&'a crate::tls::listener::TlsInfo>,
     method: &'a str,
     path: &'a str,
     route: Option<&'a str>,
@@ -267,6 +273,7 @@ impl Encoder {
             id: &c.id,
             ts: humantime::format_rfc3339_millis(c.started).to_string(),
             client: c.client.as_deref().map(client_json),
+            tls: c.tls.as_deref(),
             method: &c.method,
             path: &c.path,
             route: c.route.as_deref(),
@@ -466,6 +473,7 @@ fn client_json(cl: &Client) -> ClientJson<'_> {
         name: &cl.name,
         groups: &cl.groups,
         via: cl.via.as_str(),
+        cert: cl.cert.as_deref(),
     }
 }
 
@@ -514,6 +522,7 @@ mod tests {
             id: "r1".into(),
             started: SystemTime::UNIX_EPOCH,
             client: None,
+            tls: None,
             method: "POST".into(),
             path: "/v1/chat/completions".into(),
             route: None,
@@ -546,6 +555,7 @@ mod tests {
             id: "r2".into(),
             started: SystemTime::UNIX_EPOCH,
             client: None,
+            tls: None,
             method: "POST".into(),
             path: "/".into(),
             route: None,

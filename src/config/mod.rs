@@ -187,6 +187,199 @@ policies:
         assert!(e.contains("missing field"), "{e}");
     }
 
+    /// GOOD with its `listen` line replaced by `listeners`, and `more` appended.
+    fn with_listeners(listeners: &str, more: &str) -> String {
+        GOOD.replace(
+            "listen: [\"127.0.0.1:8080\"]\n",
+            &format!("listeners:\n{listeners}"),
+        ) + more
+    }
+
+    const TLS_LISTENER: &str = "  - name: public\n    address: \"127.0.0.1:8443\"\n    tls:\n      certificates: [{cert: /etc/c.pem, key: /etc/c.key}]\n";
+    const MTLS_LISTENER: &str = "  - name: internal\n    address: \"127.0.0.1:8444\"\n    tls:\n      certificates: [{cert: /etc/c.pem, key: /etc/c.key}]\n      client_auth: {mode: required, ca: /etc/ca.pem}\n";
+
+    #[test]
+    fn listeners_are_validated() {
+        let c = load_str(&with_listeners(TLS_LISTENER, ""), &env).unwrap();
+        assert!(c.listen.is_empty());
+        let tls = c.listeners[0].tls.as_ref().unwrap();
+        assert!(tls.http2);
+        assert_eq!(tls.min_version, TlsVersion::Tls12);
+        assert_eq!(
+            c.tls.expiry_warning,
+            std::time::Duration::from_secs(30 * 86400)
+        );
+
+        let e = err(&with_listeners("  []\n", ""));
+        assert!(
+            e.starts_with("listen: at least one address is required"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace(
+            "admin: {",
+            "listeners: [{address: \"127.0.0.1:8080\"}]\nadmin: {",
+        ));
+        assert_eq!(
+            e,
+            "listeners[0].address: `127.0.0.1:8080` is already used by another listener"
+        );
+        let e = err(&GOOD.replace(
+            "admin: {",
+            "listeners: [{address: \"127.0.0.1:9090\"}]\nadmin: {",
+        ));
+        assert!(e.starts_with("admin.listen: must differ"), "{e}");
+        let e = err(&with_listeners(
+            &format!("{TLS_LISTENER}{}", TLS_LISTENER.replace("8443", "8445")),
+            "",
+        ));
+        assert_eq!(
+            e,
+            "listeners[1].name: `public` is empty or used by another listener"
+        );
+        let e = err(&with_listeners(
+            &TLS_LISTENER.replace("tls:", "h2c: true\n    tls:"),
+            "",
+        ));
+        assert!(
+            e.starts_with("listeners[0].h2c: is for plain listeners"),
+            "{e}"
+        );
+        let e = err(&with_listeners(
+            "  - {address: \"127.0.0.1:8081\", h2c: true}\n  - {address: \"127.0.0.1:8082\"}\n",
+            "",
+        ));
+        assert!(
+            e.starts_with("listeners[1].h2c: must be the same on every plain listener"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace(
+            "admin: {",
+            "listeners: [{address: \"127.0.0.1:8081\", h2c: true}]\nadmin: {",
+        ));
+        assert!(
+            e.starts_with("listen: plain listeners share one h2c setting"),
+            "{e}"
+        );
+        let e = err(&with_listeners(
+            &TLS_LISTENER.replace("[{cert: /etc/c.pem, key: /etc/c.key}]", "[]"),
+            "",
+        ));
+        assert!(
+            e.starts_with("listeners[0].tls.certificates: at least one"),
+            "{e}"
+        );
+        let e = err(&with_listeners(
+            &TLS_LISTENER.replace("key: /etc/c.key", "key: \"\""),
+            "",
+        ));
+        assert_eq!(e, "listeners[0].tls.certificates[0].key: must not be empty");
+        let e = err(&with_listeners(
+            &MTLS_LISTENER.replace(
+                "mode: required",
+                "mode: optional, reject_in_handshake: true",
+            ),
+            "",
+        ));
+        assert_eq!(
+            e,
+            "listeners[0].tls.client_auth.reject_in_handshake: only applies to `mode: required`"
+        );
+        let e = err(&with_listeners(
+            &MTLS_LISTENER.replace("mode: required", "mode: sometimes"),
+            "",
+        ));
+        assert!(
+            e.starts_with("listeners[0].tls.client_auth.mode: unknown variant `sometimes`"),
+            "{e}"
+        );
+        let e = err(&with_listeners(
+            &TLS_LISTENER.replace("tls:", "tls:\n      min_version: \"1.1\""),
+            "",
+        ));
+        assert!(
+            e.starts_with("listeners[0].tls.min_version: unknown variant `1.1`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn certificate_clients_are_validated() {
+        let cert_client =
+            "  - {name: batch, cert: {uri: \"spiffe://corp/batch\"}, groups: [jobs]}\n";
+        let text = with_listeners(MTLS_LISTENER, "").replace(
+            "    groups: [analysts]\n",
+            &format!("    groups: [analysts]\n{cert_client}"),
+        );
+        let c = load_str(&text, &env).unwrap();
+        assert_eq!(c.clients[1].key_sha256, None);
+
+        // Certificates need a listener that asks for them.
+        let e = err(&text.replace("\n      client_auth: {mode: required, ca: /etc/ca.pem}", ""));
+        assert!(
+            e.starts_with("clients[1].cert: no listener asks for client certificates"),
+            "{e}"
+        );
+        let e = err(&text.replace("{uri: \"spiffe://corp/batch\"}", "{uri: x, cn: y}"));
+        assert_eq!(
+            e,
+            "clients[1].cert: expected exactly one of `cn`, `dns`, `uri`, `email`"
+        );
+        let e = err(&text.replace("{uri: \"spiffe://corp/batch\"}", "{}"));
+        assert_eq!(
+            e,
+            "clients[1].cert: expected exactly one of `cn`, `dns`, `uri`, `email`"
+        );
+        let e = err(&text.replace("{uri: \"spiffe://corp/batch\"}", "{cn: \"\"}"));
+        assert_eq!(e, "clients[1].cert: the value is empty");
+        let e = err(&text.replace("{uri: \"spiffe://corp/batch\"}", "{serial: \"01\"}"));
+        assert!(
+            e.starts_with("clients[1].cert.serial: unknown field"),
+            "{e}"
+        );
+        let e = err(&text.replace(", cert: {uri: \"spiffe://corp/batch\"}", ""));
+        assert!(e.starts_with("clients[1]: needs `key_sha256`"), "{e}");
+        let twice = text.replace(
+            cert_client,
+            &format!("{cert_client}{}", cert_client.replace("batch,", "batch2,")),
+        );
+        assert_eq!(
+            err(&twice),
+            "clients[2].cert: the same certificate match as clients[1]"
+        );
+    }
+
+    #[test]
+    fn upstream_tls_is_validated() {
+        let tls = |t: &str| {
+            GOOD.replace(
+                "    credential: \"Bearer ${VLLM_API_KEY}\"\n",
+                &format!("    credential: \"Bearer ${{VLLM_API_KEY}}\"\n    tls: {t}\n"),
+            )
+        };
+        // An IP host needs the name to verify.
+        let e = err(&tls("{ca: /etc/ca.pem}"));
+        assert!(e.starts_with("upstreams.vllm.tls.server_name: required: hosts[0] `127.0.0.1:8000` is an IP address"), "{e}");
+        let c = load_str(&tls("{server_name: model.internal}"), &env).unwrap();
+        let t = c.upstreams["vllm"].tls.as_ref().unwrap();
+        assert!(t.verify_hostname && !t.insecure_skip_verify);
+        let named = tls("{}").replace("127.0.0.1:8000", "vllm.internal:8000");
+        load_str(&named, &env).unwrap();
+        let e = err(&tls("{server_name: \"\"}"));
+        assert_eq!(e, "upstreams.vllm.tls.server_name: must not be empty");
+        let e = err(&tls("{server_name: m, client_cert: /etc/gw.pem}"));
+        assert_eq!(
+            e,
+            "upstreams.vllm.tls: set both `client_cert` and `client_key`, or neither"
+        );
+        let e = err(&tls("{server_name: m, ca: \"\"}"));
+        assert_eq!(e, "upstreams.vllm.tls.ca: must not be empty");
+        let e = err(&tls("{server_name: m, sni: m}"));
+        assert!(
+            e.starts_with("upstreams.vllm.tls.sni: unknown field"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn unknown_pingora_setting_is_rejected() {
         let e = err(&GOOD.replace("threads: 2", "threadz: 2"));

@@ -20,8 +20,16 @@ pub struct Config {
     /// defaults, except `threads` which defaults to the number of CPUs.
     #[serde(default)]
     pub server: serde_yaml::Mapping,
-    /// Addresses the proxy listens on, e.g. `["0.0.0.0:8080"]`. Required.
+    /// Plain HTTP/1.1 addresses the proxy listens on, e.g. `["0.0.0.0:8080"]`.
+    /// At least one of `listen` and `listeners` is required.
+    #[serde(default)]
     pub listen: Vec<String>,
+    /// Named listeners: HTTPS (with `tls:`), or plain with optional h2c.
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    /// Process-wide TLS settings (certificate reload, expiry warnings).
+    #[serde(default)]
+    pub tls: TlsConfig,
     /// The admin listener (`/healthz`, `/readyz`, `/metrics`). Optional: without
     /// it there is no admin port.
     #[serde(default)]
@@ -236,8 +244,13 @@ pub struct ClientConfig {
     /// Client name, used in metrics labels and logs. Unique.
     pub name: String,
     /// Hex SHA-256 of the client's key (`modelgate hash-key` prints it). The key
-    /// itself is never stored.
-    pub key_sha256: String,
+    /// itself is never stored. A client has a key, a `cert`, or both.
+    #[serde(default)]
+    pub key_sha256: Option<String>,
+    /// The client certificate that identifies this client on listeners with
+    /// `tls.client_auth` (the certificate must verify against that CA).
+    #[serde(default)]
+    pub cert: Option<CertMatchConfig>,
     /// Groups the client belongs to (used by policies).
     #[serde(default)]
     pub groups: Vec<String>,
@@ -278,6 +291,176 @@ pub struct UpstreamConfig {
     /// Active health checking of every host.
     #[serde(default)]
     pub health_check: HealthCheckConfig,
+    /// HTTPS to the hosts (present: TLS, verified). Absent: plain HTTP.
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+/// `upstreams.<pool>.tls`: how the gateway talks TLS to a pool's hosts.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// SNI and the name the host certificate must carry. Default: each
+    /// host's own name from `hosts`; required when a host is an IP address.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// PEM bundle of the CAs to trust. Default: the system roots
+    /// (`/etc/ssl/certs`, package `ca-certificates`).
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// Client certificate (PEM chain) for upstream mutual TLS, with `client_key`.
+    #[serde(default)]
+    pub client_cert: Option<String>,
+    /// Private key (PEM) of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<String>,
+    /// Check that the certificate names `server_name`. Default true; false
+    /// still checks the chain.
+    #[serde(default = "default_true")]
+    pub verify_hostname: bool,
+    /// One more name the certificate may carry instead of `server_name`.
+    #[serde(default)]
+    pub alternative_name: Option<String>,
+    /// Accept any certificate (no chain, no name check). For tests only;
+    /// the gateway warns at start-up. Default false.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+/// One entry of `listeners`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Label in metrics, logs and audit. Default `listeners[<index>]`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `IP:port` to listen on.
+    pub address: String,
+    /// HTTPS settings; absent: plain HTTP.
+    #[serde(default)]
+    pub tls: Option<ListenerTlsConfig>,
+    /// Plain listeners only: also accept HTTP/2 with prior knowledge (h2c).
+    /// Pingora sets this per proxy service, so it must be the same on every
+    /// plain listener. Default false.
+    #[serde(default)]
+    pub h2c: bool,
+}
+
+impl ListenerConfig {
+    /// `name`, else `listeners[<index>]`.
+    pub fn name_or_default(&self, index: usize) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("listeners[{index}]"))
+    }
+}
+
+/// `listeners[].tls`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsConfig {
+    /// Certificate/key pairs (PEM files). The client's SNI picks one by the
+    /// names in its SAN DNS entries (else its CN; `*.x` wildcards work); the
+    /// first is served when nothing matches. At least one.
+    pub certificates: Vec<CertKeyFiles>,
+    /// Lowest TLS version accepted: `"1.2"` (default) or `"1.3"`.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// OpenSSL cipher string for TLS 1.2. Default: Mozilla intermediate
+    /// (ECDHE with AES-GCM or ChaCha20-Poly1305).
+    #[serde(default)]
+    pub ciphers: Option<String>,
+    /// Offer HTTP/2 through ALPN (`h2`, then `http/1.1`). Default true.
+    #[serde(default = "default_true")]
+    pub http2: bool,
+    /// Ask clients for certificates from a CA (mutual TLS). Default: off.
+    #[serde(default)]
+    pub client_auth: Option<ClientAuthConfig>,
+}
+
+/// A certificate chain and its private key, as PEM files.
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CertKeyFiles {
+    /// The certificate, then any intermediates.
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// `listeners[].tls.client_auth`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuthConfig {
+    /// `required`: every request needs a verified certificate; `optional`:
+    /// a certificate, if sent, must verify, and callers without one use an
+    /// API key or JWT.
+    pub mode: ClientAuthMode,
+    /// PEM bundle of the CAs client certificates must chain to.
+    pub ca: String,
+    /// `required` only: refuse a missing certificate in the TLS handshake
+    /// (the client sees a TLS alert) instead of answering 401
+    /// `client_certificate_required`. Default false.
+    #[serde(default)]
+    pub reject_in_handshake: bool,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuthMode {
+    Required,
+    Optional,
+}
+
+/// `clients[].cert`: which verified client certificate is this client.
+/// Exactly one key.
+#[derive(Debug, Deserialize, Clone, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CertMatchConfig {
+    /// The subject common name, exactly.
+    #[serde(default)]
+    pub cn: Option<String>,
+    /// A SAN DNS name (case-insensitive).
+    #[serde(default)]
+    pub dns: Option<String>,
+    /// A SAN URI, exactly (e.g. a SPIFFE ID).
+    #[serde(default)]
+    pub uri: Option<String>,
+    /// A SAN e-mail address (case-insensitive).
+    #[serde(default)]
+    pub email: Option<String>,
+}
+
+/// `tls:`: settings shared by every TLS listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// How often listener certificate/key files are checked for changes
+    /// (and re-read when changed). SIGHUP re-reads at once. Default `60s`;
+    /// `0s`: on SIGHUP only.
+    #[serde(with = "humantime_serde")]
+    pub reload_check_interval: Duration,
+    /// `modelgate -t` and start-up warn about certificates expiring within
+    /// this. Default `30d`.
+    #[serde(with = "humantime_serde")]
+    pub expiry_warning: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            reload_check_interval: Duration::from_secs(60),
+            expiry_warning: Duration::from_secs(30 * 86400),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -466,6 +649,9 @@ fn default_write_timeout() -> Duration {
 }
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(60)
+}
+fn default_true() -> bool {
+    true
 }
 fn default_path_prefix() -> String {
     "/".into()

@@ -10,21 +10,14 @@ use std::net::SocketAddr;
 pub fn validate(c: &Config) -> Result<(), ConfigError> {
     c.server_conf()?;
 
-    if c.listen.is_empty() {
-        return Err(ConfigError::at(
-            "listen",
-            "at least one address is required (e.g. [\"0.0.0.0:8080\"])",
-        ));
-    }
-    for (i, addr) in c.listen.iter().enumerate() {
-        socket_addr(&format!("listen[{i}]"), addr)?;
-    }
+    validate_listeners(c)?;
     if let Some(admin) = &c.admin {
         socket_addr("admin.listen", &admin.listen)?;
-        if c.listen.contains(&admin.listen) {
+        if c.listen.contains(&admin.listen) || c.listeners.iter().any(|l| l.address == admin.listen)
+        {
             return Err(ConfigError::at(
                 "admin.listen",
-                "must differ from every `listen` address (the admin port is separate)",
+                "must differ from every `listen` and `listeners` address (the admin port is separate)",
             ));
         }
         if admin.token.as_ref().is_some_and(|t| t.0.trim().is_empty()) {
@@ -53,12 +46,44 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
                 format!("duplicate client name `{}`", client.name),
             ));
         }
-        let k = &client.key_sha256;
-        if k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(ConfigError::at(
-                format!("{at}.key_sha256"),
-                "expected 64 hex characters, the SHA-256 of the key (`modelgate hash-key` prints it)",
-            ));
+        if let Some(k) = &client.key_sha256 {
+            if k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ConfigError::at(
+                    format!("{at}.key_sha256"),
+                    "expected 64 hex characters, the SHA-256 of the key (`modelgate hash-key` prints it)",
+                ));
+            }
+        }
+        match &client.cert {
+            None if client.key_sha256.is_none() => {
+                return Err(ConfigError::at(
+                    &at,
+                    "needs `key_sha256` (an API key), `cert` (a client certificate), or both",
+                ));
+            }
+            None => {}
+            Some(m) => {
+                cert_match(&at, m)?;
+                if !c
+                    .listeners
+                    .iter()
+                    .any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some()))
+                {
+                    return Err(ConfigError::at(
+                        format!("{at}.cert"),
+                        "no listener asks for client certificates (set `listeners[].tls.client_auth`)",
+                    ));
+                }
+                if let Some(j) = c.clients[..i]
+                    .iter()
+                    .position(|o| o.cert.as_ref() == Some(m))
+                {
+                    return Err(ConfigError::at(
+                        format!("{at}.cert"),
+                        format!("the same certificate match as clients[{j}]"),
+                    ));
+                }
+            }
         }
     }
 
@@ -121,6 +146,9 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
                 format!("{at}.health_check.interval"),
                 "must be greater than 0",
             ));
+        }
+        if let Some(tls) = &up.tls {
+            validate_upstream_tls(&format!("{at}.tls"), tls, &up.hosts)?;
         }
     }
 
@@ -308,6 +336,164 @@ fn validate_audit(a: &super::AuditConfig) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// `listen` and `listeners`: addresses parse and are unique, names are
+/// unique, h2c is consistent (Pingora sets it per proxy service).
+fn validate_listeners(c: &Config) -> Result<(), ConfigError> {
+    if c.listen.is_empty() && c.listeners.is_empty() {
+        return Err(ConfigError::at(
+            "listen",
+            "at least one address is required (e.g. [\"0.0.0.0:8080\"]), or a `listeners` entry",
+        ));
+    }
+    let mut addrs = HashSet::new();
+    for (i, addr) in c.listen.iter().enumerate() {
+        let at = format!("listen[{i}]");
+        if !addrs.insert(socket_addr(&at, addr)?) {
+            return Err(ConfigError::at(at, format!("`{addr}` is listed twice")));
+        }
+    }
+    let mut names = HashSet::new();
+    let mut plain_h2c = None;
+    for (i, l) in c.listeners.iter().enumerate() {
+        let at = format!("listeners[{i}]");
+        if !addrs.insert(socket_addr(&format!("{at}.address"), &l.address)?) {
+            return Err(ConfigError::at(
+                format!("{at}.address"),
+                format!("`{}` is already used by another listener", l.address),
+            ));
+        }
+        let name = l.name_or_default(i);
+        if name.trim().is_empty() || !names.insert(name.clone()) {
+            return Err(ConfigError::at(
+                format!("{at}.name"),
+                format!("`{name}` is empty or used by another listener"),
+            ));
+        }
+        let Some(tls) = &l.tls else {
+            if *plain_h2c.get_or_insert(l.h2c) != l.h2c {
+                return Err(ConfigError::at(
+                    format!("{at}.h2c"),
+                    "must be the same on every plain listener (Pingora enables h2c per proxy service)",
+                ));
+            }
+            continue;
+        };
+        if l.h2c {
+            return Err(ConfigError::at(
+                format!("{at}.h2c"),
+                "is for plain listeners; TLS listeners offer HTTP/2 through ALPN (`tls.http2`)",
+            ));
+        }
+        if tls.certificates.is_empty() {
+            return Err(ConfigError::at(
+                format!("{at}.tls.certificates"),
+                "at least one `{cert, key}` pair is required",
+            ));
+        }
+        for (j, pair) in tls.certificates.iter().enumerate() {
+            for (key, path) in [("cert", &pair.cert), ("key", &pair.key)] {
+                if path.trim().is_empty() {
+                    return Err(ConfigError::at(
+                        format!("{at}.tls.certificates[{j}].{key}"),
+                        "must not be empty",
+                    ));
+                }
+            }
+        }
+        if let Some(auth) = &tls.client_auth {
+            if auth.ca.trim().is_empty() {
+                return Err(ConfigError::at(
+                    format!("{at}.tls.client_auth.ca"),
+                    "must not be empty (a PEM file of the CAs client certificates chain to)",
+                ));
+            }
+            if auth.reject_in_handshake && auth.mode != super::ClientAuthMode::Required {
+                return Err(ConfigError::at(
+                    format!("{at}.tls.client_auth.reject_in_handshake"),
+                    "only applies to `mode: required`",
+                ));
+            }
+        }
+    }
+    if plain_h2c == Some(true) && !c.listen.is_empty() {
+        return Err(ConfigError::at(
+            "listen",
+            "plain listeners share one h2c setting (Pingora enables h2c per proxy service): \
+             move these addresses to `listeners` with `h2c: true`",
+        ));
+    }
+    Ok(())
+}
+
+/// `clients[].cert`: exactly one non-empty key.
+fn cert_match(at: &str, m: &super::CertMatchConfig) -> Result<(), ConfigError> {
+    let set: Vec<&String> = [&m.cn, &m.dns, &m.uri, &m.email]
+        .into_iter()
+        .flatten()
+        .collect();
+    match set[..] {
+        [v] if !v.trim().is_empty() => Ok(()),
+        [_] => Err(ConfigError::at(format!("{at}.cert"), "the value is empty")),
+        _ => Err(ConfigError::at(
+            format!("{at}.cert"),
+            "expected exactly one of `cn`, `dns`, `uri`, `email`",
+        )),
+    }
+}
+
+fn validate_upstream_tls(
+    at: &str,
+    tls: &super::UpstreamTlsConfig,
+    hosts: &[String],
+) -> Result<(), ConfigError> {
+    match &tls.server_name {
+        Some(n) if n.trim().is_empty() => {
+            // Pingora skips verification for an empty SNI.
+            return Err(ConfigError::at(
+                format!("{at}.server_name"),
+                "must not be empty",
+            ));
+        }
+        Some(_) => {}
+        None => {
+            if let Some((i, h)) = hosts.iter().enumerate().find(|(_, h)| host_is_ip(h)) {
+                return Err(ConfigError::at(
+                    format!("{at}.server_name"),
+                    format!(
+                        "required: hosts[{i}] `{h}` is an IP address, and the certificate is checked against a DNS name"
+                    ),
+                ));
+            }
+        }
+    }
+    if tls.client_cert.is_some() != tls.client_key.is_some() {
+        return Err(ConfigError::at(
+            at,
+            "set both `client_cert` and `client_key`, or neither",
+        ));
+    }
+    for (key, v) in [
+        ("ca", &tls.ca),
+        ("client_cert", &tls.client_cert),
+        ("client_key", &tls.client_key),
+        ("alternative_name", &tls.alternative_name),
+    ] {
+        if v.as_ref().is_some_and(|v| v.trim().is_empty()) {
+            return Err(ConfigError::at(format!("{at}.{key}"), "must not be empty"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the host part of `host:port` is an IP literal.
+pub(crate) fn host_is_ip(host_port: &str) -> bool {
+    let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .is_ok()
 }
 
 fn socket_addr(at: &str, addr: &str) -> Result<SocketAddr, ConfigError> {

@@ -20,6 +20,8 @@
 //!
 //! This is not a production model server: the answer is canned (and deliberately
 //! contains PII so redaction can be demonstrated), token counts are word counts.
+//! [`demo_tls_service`] serves it over HTTPS (optionally requiring client
+//! certificates), for tests of TLS to upstreams.
 
 mod anthropic;
 mod ollama;
@@ -163,7 +165,13 @@ impl DemoModel {
                 }
             }
         }
+        // The organisation of a TLS client's certificate (upstream mTLS tests).
+        let client_cert_o = s
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .and_then(|t| t.organization.clone());
         let entry = json!({
+            "client_cert_o": client_cert_o,
             "method": req.method.as_str(),
             "path": req.uri.path(),
             "headers": headers,
@@ -323,6 +331,30 @@ pub fn demo_service(name: &str, listen: &str) -> Service<DemoModel> {
     let mut service = Service::new(format!("demo model {name}"), DemoModel::new(name));
     service.add_tcp(listen);
     service
+}
+
+/// The demo model over HTTPS, for tests of upstream TLS: `cert` and `key`
+/// are PEM files; with `client_ca`, every client must present a certificate
+/// issued by it (upstream mutual TLS).
+pub fn demo_tls_service(
+    name: &str,
+    listen: &str,
+    cert: &str,
+    key: &str,
+    client_ca: Option<&str>,
+) -> Result<Service<DemoModel>, String> {
+    use pingora_core::tls::ssl::SslVerifyMode;
+    let mut settings = pingora_core::listeners::tls::TlsSettings::intermediate(cert, key)
+        .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?;
+    if let Some(ca) = client_ca {
+        settings
+            .set_ca_file(ca)
+            .map_err(|e| format!("--client-ca {ca}: {e}"))?;
+        settings.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    }
+    let mut service = Service::new(format!("demo model {name}"), DemoModel::new(name));
+    service.add_tls_with_settings(listen, None, settings);
+    Ok(service)
 }
 
 /// The request body as logged: text (lossy UTF-8), at most [`LOG_BODY_BYTES`] bytes,

@@ -20,6 +20,8 @@ pub struct RequestCtx {
     /// Set once `request_filter` has counted this request as in flight.
     pub in_flight: bool,
     pub client: Option<Arc<Client>>,
+    /// The TLS facts of the connection (HTTPS listeners only).
+    pub tls: Option<Arc<crate::tls::listener::TlsInfo>>,
     /// Index into the router's routes.
     pub route: Option<usize>,
     pub model: Option<String>,
@@ -65,6 +67,7 @@ impl RequestCtx {
             started_wall: SystemTime::now(),
             in_flight: false,
             client: None,
+            tls: None,
             route: None,
             model: None,
             body: Bytes::new(),

@@ -17,7 +17,7 @@ use crate::audit::Audit;
 use crate::config::{Config, ConfigError};
 use crate::errors::ClientError;
 use crate::identity::jwt::JwtVerifier;
-use crate::identity::ClientRegistry;
+use crate::identity::{AuthError, ClientRegistry};
 use crate::mask::codec::ResponseMasker;
 use crate::mask::{MaskEngine, PolicyMasking};
 use crate::metrics::Metrics;
@@ -70,6 +70,8 @@ pub struct Built {
     /// Who is calling: shared with the admin API (approvers sign in with
     /// their own key or token).
     pub clients: Arc<ClientRegistry>,
+    /// Certificates close to expiry (upstream client certificates).
+    pub warnings: Vec<String>,
 }
 
 impl Gateway {
@@ -80,8 +82,15 @@ impl Gateway {
     ) -> std::result::Result<Built, ConfigError> {
         let mut pools = Vec::new();
         let mut services = Vec::new();
+        let mut warnings = Vec::new();
         for (name, up) in &config.upstreams {
-            let (pool, hc) = UpstreamPool::build(name, up, metrics.clone())?;
+            let (pool, hc) = UpstreamPool::build(
+                name,
+                up,
+                metrics.clone(),
+                config.tls.expiry_warning,
+                &mut warnings,
+            )?;
             pools.push(pool);
             services.push(hc);
         }
@@ -154,6 +163,7 @@ impl Gateway {
             jwks,
             approvals,
             clients,
+            warnings,
         })
     }
 
@@ -195,6 +205,26 @@ impl Gateway {
                     .mask_holdback_overflows
                     .inc_by(overflows as u64);
             }
+        }
+    }
+
+    /// Who is calling: a verified client certificate when the connection
+    /// has one, else the request's key or token. A listener that requires a
+    /// certificate accepts nothing else.
+    fn authenticate(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+    ) -> std::result::Result<Arc<crate::identity::Client>, AuthError> {
+        let conn = crate::tls::listener::conn(session);
+        ctx.tls = conn.map(|c| c.info.clone());
+        match conn {
+            Some(c) => match &c.client_cert {
+                Some(id) => self.clients.authenticate_cert(id),
+                None if c.client_cert_required => Err(AuthError::CertificateRequired),
+                None => self.clients.authenticate(&session.req_header().headers),
+            },
+            None => self.clients.authenticate(&session.req_header().headers),
         }
     }
 
@@ -356,6 +386,9 @@ fn client_error_for(e: &Error) -> Option<ClientError> {
 
 fn upstream_error_kind(e: &Error) -> &'static str {
     use ErrorType::*;
+    if let Some(kind) = crate::tls::upstream::error_kind(e) {
+        return kind;
+    }
     match e.etype() {
         ConnectTimedout | ReadTimedout | WriteTimedout => "timeout",
         ConnectRefused | ConnectNoRoute | ConnectError | BindError | SocketError => "connect",
@@ -381,10 +414,10 @@ impl ProxyHttp for Gateway {
             Err(err) => return self.reject(session, ctx, err).await,
         }
 
-        match self.clients.authenticate(&session.req_header().headers) {
+        match self.authenticate(session, ctx) {
             Ok(client) => ctx.client = Some(client),
             Err(e) => {
-                let err = ClientError::unauthorized(e.code(), e.message());
+                let err = ClientError::auth_failed(e.status(), e.code(), e.message());
                 return self.reject(session, ctx, err).await;
             }
         }
@@ -635,15 +668,21 @@ impl ProxyHttp for Gateway {
     fn fail_to_connect(
         &self,
         _session: &mut Session,
-        _peer: &HttpPeer,
+        peer: &HttpPeer,
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let Some(pool) = self.pool_of(ctx) {
+            let kind = upstream_error_kind(&e);
             self.metrics
                 .upstream_errors
-                .with_label_values(&[pool.name.as_str(), upstream_error_kind(&e)])
+                .with_label_values(&[pool.name.as_str(), kind])
                 .inc();
+            if kind.starts_with("tls_") {
+                // Logged here too: a retry on another host may succeed and
+                // the failure would otherwise go unseen.
+                log::warn!("pool {}: TLS with {peer} failed [{kind}]: {e}", pool.name);
+            }
             // Nothing was sent yet: another host can take the call.
             if ctx.tried.len() < pool.backend_count() {
                 e.set_retry(true);

@@ -19,6 +19,7 @@ pub fn call(ctx: &RequestCtx, req: &RequestHeader, labels: &[(Arc<str>, Arc<str>
         id: ctx.request_id.clone(),
         started: ctx.started_wall,
         client: ctx.client.clone(),
+        tls: ctx.tls.clone(),
         method: req.method.as_str().to_string(),
         path: req
             .uri

@@ -1,11 +1,13 @@
 //! Client identity: who is calling. Owns API-key authentication (keys stored
-//! only as SHA-256, compared in constant time), JWT bearer tokens ([`jwt`])
-//! and the [`Client`] identity that later stages (policy, metrics, audit)
+//! only as SHA-256, compared in constant time), JWT bearer tokens ([`jwt`]),
+//! client certificates ([`cert`]) and the [`Client`] identity that later stages (policy, metrics, audit)
 //! read. Not for authorisation: what a client may do is the policy's business.
 
+pub mod cert;
 pub mod jwt;
 
 use crate::config::ClientConfig;
+use cert::{CertMatch, PeerIdentity};
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use subtle::{ConditionallySelectable, ConstantTimeEq};
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Client {
-    /// The API-key client's configured name, or the JWT subject.
+    /// The configured name (API-key and certificate clients), or the JWT subject.
     pub name: String,
     pub groups: Vec<String>,
     /// How the caller proved who it is.
@@ -23,6 +25,8 @@ pub struct Client {
     /// clients; for JWT callers (unbounded subjects) `jwt:<group>` for the
     /// first of their groups the configuration names, else `jwt`.
     pub label: Arc<str>,
+    /// The verified client certificate, for `Via::ClientCert`.
+    pub cert: Option<Arc<PeerIdentity>>,
 }
 
 /// The credential a caller presented.
@@ -30,6 +34,8 @@ pub struct Client {
 pub enum Via {
     ApiKey,
     Jwt,
+    /// A verified TLS client certificate (mutual TLS).
+    ClientCert,
 }
 
 impl Via {
@@ -37,11 +43,13 @@ impl Via {
         match self {
             Via::ApiKey => "api_key",
             Via::Jwt => "jwt",
+            Via::ClientCert => "client_cert",
         }
     }
 }
 
-/// Why a request was not authenticated; each maps to a 401 message.
+/// Why a request was not authenticated; each maps to a 401 message, except
+/// `UnknownCertificate` (403: the certificate is valid, the caller unknown).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthError {
     /// No `Authorization: Bearer` nor `x-api-key` header.
@@ -50,9 +58,13 @@ pub enum AuthError {
     Invalid,
     /// A JWT was presented and refused.
     Jwt(jwt::JwtError),
-    /// A valid JWT whose subject is the name of a configured API-key client:
-    /// rules and limits naming that client must not apply to it.
+    /// A valid JWT whose subject is the name of a configured client (API key
+    /// or certificate): rules and limits naming that client must not apply to it.
     SubjectIsAClient,
+    /// The listener requires a client certificate and none was sent.
+    CertificateRequired,
+    /// A verified client certificate that no `clients[].cert` names.
+    UnknownCertificate,
 }
 
 impl AuthError {
@@ -66,6 +78,12 @@ impl AuthError {
             AuthError::SubjectIsAClient => {
                 "Invalid token: its subject is the name of an API-key client of this gateway."
             }
+            AuthError::CertificateRequired => {
+                "This listener requires a client certificate (mutual TLS)."
+            }
+            AuthError::UnknownCertificate => {
+                "The client certificate is valid but names no client of this gateway."
+            }
         }
     }
 
@@ -75,6 +93,16 @@ impl AuthError {
             AuthError::Missing | AuthError::Invalid => "invalid_api_key",
             AuthError::Jwt(e) => e.code(),
             AuthError::SubjectIsAClient => "subject_conflict",
+            AuthError::CertificateRequired => "client_certificate_required",
+            AuthError::UnknownCertificate => "unknown_client_certificate",
+        }
+    }
+
+    /// 401, or 403 for a known-good certificate of an unknown caller.
+    pub fn status(self) -> u16 {
+        match self {
+            AuthError::UnknownCertificate => 403,
+            _ => 401,
         }
     }
 }
@@ -86,7 +114,8 @@ impl AuthError {
 /// use modelgate::config::ClientConfig;
 /// let reg = ClientRegistry::new(&[ClientConfig {
 ///     name: "alice".into(),
-///     key_sha256: sha256_hex("k-alice"),
+///     key_sha256: Some(sha256_hex("k-alice")),
+///     cert: None,
 ///     groups: vec!["analysts".into()],
 /// }]);
 /// assert_eq!(reg.authenticate_key("k-alice").unwrap().name, "alice");
@@ -94,6 +123,8 @@ impl AuthError {
 /// ```
 pub struct ClientRegistry {
     entries: Vec<([u8; 32], Arc<Client>)>,
+    /// Clients identified by certificate, in configuration order.
+    by_cert: Vec<(CertMatch, Arc<Client>)>,
     jwt: Option<Arc<jwt::JwtVerifier>>,
     /// Groups a JWT caller's metrics label may name (bounded by the config).
     label_groups: Vec<String>,
@@ -102,25 +133,33 @@ pub struct ClientRegistry {
 impl ClientRegistry {
     /// Builds the registry. `key_sha256` values must already be validated hex.
     pub fn new(clients: &[ClientConfig]) -> Self {
-        let entries = clients
-            .iter()
-            .map(|c| {
+        let mut entries = Vec::new();
+        let mut by_cert = Vec::new();
+        for c in clients {
+            let client = Arc::new(Client {
+                name: c.name.clone(),
+                groups: c.groups.clone(),
+                via: Via::ApiKey,
+                label: Arc::from(c.name.as_str()),
+                cert: None,
+            });
+            if let Some(key) = &c.key_sha256 {
                 let mut digest = [0u8; 32];
-                hex::decode_to_slice(c.key_sha256.to_ascii_lowercase(), &mut digest)
+                hex::decode_to_slice(key.to_ascii_lowercase(), &mut digest)
                     .expect("key_sha256 validated at config load");
-                (
-                    digest,
-                    Arc::new(Client {
-                        name: c.name.clone(),
-                        groups: c.groups.clone(),
-                        via: Via::ApiKey,
-                        label: Arc::from(c.name.as_str()),
-                    }),
-                )
-            })
-            .collect();
+                entries.push((digest, client.clone()));
+            }
+            if let Some(m) = c.cert.as_ref().and_then(CertMatch::from_config) {
+                let via_cert = Client {
+                    via: Via::ClientCert,
+                    ..(*client).clone()
+                };
+                by_cert.push((m, Arc::new(via_cert)));
+            }
+        }
         ClientRegistry {
             entries,
+            by_cert,
             jwt: None,
             label_groups: Vec::new(),
         }
@@ -139,12 +178,27 @@ impl ClientRegistry {
         self.jwt.as_ref()
     }
 
+    /// Number of API-key clients.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// The client a verified certificate names: the first `clients[]` entry
+    /// whose `cert` matches. The certificate itself rides along for audit.
+    pub fn authenticate_cert(&self, id: &Arc<PeerIdentity>) -> Result<Arc<Client>, AuthError> {
+        let (_, client) = self
+            .by_cert
+            .iter()
+            .find(|(m, _)| m.matches(id))
+            .ok_or(AuthError::UnknownCertificate)?;
+        Ok(Arc::new(Client {
+            cert: Some(id.clone()),
+            ..(**client).clone()
+        }))
     }
 
     /// Finds the client owning `key`. Every configured digest is compared, in
@@ -170,7 +224,9 @@ impl ClientRegistry {
         if let Some(verifier) = &self.jwt {
             if jwt::looks_like_jwt(key) {
                 let id = verifier.verify(key).map_err(AuthError::Jwt)?;
-                if self.entries.iter().any(|(_, c)| c.name == id.subject) {
+                let key_clients = self.entries.iter().map(|(_, c)| &c.name);
+                let cert_clients = self.by_cert.iter().map(|(_, c)| &c.name);
+                if key_clients.chain(cert_clients).any(|n| *n == id.subject) {
                     return Err(AuthError::SubjectIsAClient);
                 }
                 let label = match self.label_groups.iter().find(|g| id.groups.contains(g)) {
@@ -182,6 +238,7 @@ impl ClientRegistry {
                     groups: id.groups,
                     via: Via::Jwt,
                     label,
+                    cert: None,
                 }));
             }
         }
@@ -218,7 +275,8 @@ mod tests {
     fn registry() -> ClientRegistry {
         let mk = |name: &str, key: &str| ClientConfig {
             name: name.into(),
-            key_sha256: sha256_hex(key),
+            key_sha256: Some(sha256_hex(key)),
+            cert: None,
             groups: vec![],
         };
         ClientRegistry::new(&[mk("alice", "ka"), mk("bob", "kb"), mk("carol", "kc")])
@@ -260,6 +318,58 @@ mod tests {
             r.authenticate(&headers(&[("authorization", "Bearer nope")])),
             Err(AuthError::Invalid)
         );
+    }
+
+    #[test]
+    fn certificates_name_configured_clients() {
+        let svc = ClientConfig {
+            name: "batch".into(),
+            key_sha256: None,
+            cert: Some(crate::config::CertMatchConfig {
+                uri: Some("spiffe://corp/batch".into()),
+                ..Default::default()
+            }),
+            groups: vec!["jobs".into()],
+        };
+        let both = ClientConfig {
+            name: "ops".into(),
+            key_sha256: Some(sha256_hex("k-ops")),
+            cert: Some(crate::config::CertMatchConfig {
+                cn: Some("ops".into()),
+                ..Default::default()
+            }),
+            groups: vec!["admin".into()],
+        };
+        let r = ClientRegistry::new(&[svc, both]);
+        let id = Arc::new(PeerIdentity {
+            cn: Some("batch-runner".into()),
+            uri: vec!["spiffe://corp/batch".into()],
+            serial: "01".into(),
+            ..Default::default()
+        });
+        let c = r.authenticate_cert(&id).unwrap();
+        assert_eq!((c.name.as_str(), c.via), ("batch", Via::ClientCert));
+        assert_eq!(c.groups, ["jobs"]);
+        assert_eq!(c.cert.as_deref(), Some(&*id));
+        // A client with both: the key authenticates as an API key.
+        let k = r.authenticate_key("k-ops").unwrap();
+        assert_eq!((k.name.as_str(), k.via), ("ops", Via::ApiKey));
+        let ops = Arc::new(PeerIdentity {
+            cn: Some("ops".into()),
+            ..Default::default()
+        });
+        assert_eq!(r.authenticate_cert(&ops).unwrap().via, Via::ClientCert);
+        let stranger = Arc::new(PeerIdentity {
+            cn: Some("mallory".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            r.authenticate_cert(&stranger),
+            Err(AuthError::UnknownCertificate)
+        );
+        assert_eq!(AuthError::UnknownCertificate.status(), 403);
+        // Certificate-only clients have no key.
+        assert_eq!(r.len(), 1);
     }
 
     #[test]

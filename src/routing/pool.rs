@@ -1,18 +1,20 @@
 //! Upstream pools: the model hosts behind one `upstreams.<name>` entry.
 //! Owns host resolution, round-robin selection with failover (never the same
 //! host twice for one request), active health checks (Pingora's, observed so
-//! `/readyz` and metrics can see them) and the per-pool peer options.
+//! `/readyz` and metrics can see them) and the per-pool peer options,
+//! TLS included (`crate::tls::upstream`).
 
 use crate::config::{ConfigError, HealthCheckKind, UpstreamConfig};
 use crate::credentials::UpstreamCredential;
 use crate::metrics::Metrics;
+use crate::tls::upstream::UpstreamTls;
 use async_trait::async_trait;
 use pingora_core::services::background::{background_service, GenBackgroundService};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora_load_balancing::selection::RoundRobin;
 use pingora_load_balancing::{Backend, LoadBalancer};
-use std::net::ToSocketAddrs;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,19 +31,37 @@ pub struct UpstreamPool {
     idle_timeout: Duration,
     backends: usize,
     health: Arc<HealthObserver>,
+    /// HTTPS to the hosts, when `tls` is configured.
+    tls: Option<UpstreamTls>,
+    /// Each address's host name from `hosts` (the default SNI).
+    host_names: Vec<(SocketAddr, Arc<str>)>,
 }
 
 /// The background service that health-checks a pool; add it to the server.
 pub type HealthService = GenBackgroundService<LoadBalancer<RoundRobin>>;
 
 impl UpstreamPool {
-    /// Resolves the hosts and builds the pool plus its health-check service.
+    /// Resolves the hosts, reads TLS files, and builds the pool plus its
+    /// health-check service. Certificate warnings go to `warnings`.
     pub fn build(
         name: &str,
         cfg: &UpstreamConfig,
         metrics: Arc<Metrics>,
+        expiry_warning: Duration,
+        warnings: &mut Vec<String>,
     ) -> Result<(UpstreamPool, HealthService), ConfigError> {
+        let tls = match &cfg.tls {
+            Some(t) => {
+                let at = format!("upstreams.{name}.tls");
+                let (tls, w) =
+                    UpstreamTls::build(name, &at, t, expiry_warning).map_err(ConfigError)?;
+                warnings.extend(w);
+                Some(tls)
+            }
+            None => None,
+        };
         let mut addrs = Vec::new();
+        let mut host_names: Vec<(SocketAddr, Arc<str>)> = Vec::new();
         for (i, host) in cfg.hosts.iter().enumerate() {
             let resolved = host.to_socket_addrs().map_err(|e| {
                 ConfigError::at(
@@ -49,9 +69,11 @@ impl UpstreamPool {
                     format!("cannot resolve `{host}`: {e}"),
                 )
             })?;
+            let host_name: Arc<str> = Arc::from(host.rsplit_once(':').map_or("", |(h, _)| h));
             for a in resolved {
                 if !addrs.contains(&a) {
                     addrs.push(a);
+                    host_names.push((a, host_name.clone()));
                 }
             }
         }
@@ -69,20 +91,33 @@ impl UpstreamPool {
                 hc
             }
             HealthCheckKind::Http => {
-                let host = cfg
-                    .host_header
-                    .clone()
-                    .unwrap_or_else(|| "localhost".into());
-                let mut hc = HttpHealthCheck::new(&host, false);
-                hc.req.set_uri(cfg.health_check.path.parse().map_err(|_| {
+                let path = cfg.health_check.path.parse().map_err(|_| {
                     ConfigError::at(
                         format!("upstreams.{name}.health_check.path"),
                         "invalid path",
                     )
-                })?);
-                hc.peer_template.options.connection_timeout = Some(cfg.health_check.timeout);
-                hc.peer_template.options.read_timeout = Some(cfg.health_check.timeout);
-                Box::new(hc)
+                })?;
+                // One check per host name: over TLS each is the SNI and the
+                // name verified, as for the proxied calls.
+                let mut by_name: Vec<(Arc<str>, HttpHealthCheck)> = Vec::new();
+                for (_, host_name) in &host_names {
+                    if by_name.iter().any(|(n, _)| n == host_name) {
+                        continue;
+                    }
+                    let host = cfg.host_header.as_deref().unwrap_or("localhost");
+                    let mut hc = HttpHealthCheck::new(host, false);
+                    hc.req.set_uri(http::Uri::clone(&path));
+                    if let Some(tls) = &tls {
+                        tls.apply(&mut hc.peer_template, host_name);
+                    }
+                    hc.peer_template.options.connection_timeout = Some(cfg.health_check.timeout);
+                    hc.peer_template.options.read_timeout = Some(cfg.health_check.timeout);
+                    by_name.push((host_name.clone(), hc));
+                }
+                Box::new(PerHostCheck {
+                    host_names: host_names.clone(),
+                    checks: by_name,
+                })
             }
         };
         lb.set_health_check(Box::new(ObservedHealthCheck {
@@ -103,6 +138,8 @@ impl UpstreamPool {
             idle_timeout: cfg.idle_timeout,
             backends: addrs.len(),
             health,
+            tls,
+            host_names,
         };
         Ok((pool, service))
     }
@@ -140,15 +177,59 @@ impl UpstreamPool {
             .collect()
     }
 
-    /// The peer for `backend`, with this pool's timeouts.
+    /// The peer for `backend`, with this pool's timeouts and TLS.
     pub fn peer(&self, backend: &Backend) -> HttpPeer {
         let mut peer = HttpPeer::new(backend.addr.clone(), false, String::new());
+        if let Some(tls) = &self.tls {
+            match host_name(&self.host_names, backend) {
+                Some(name) => tls.apply(&mut peer, name),
+                // Not expected (every backend comes from `hosts`). Never an
+                // empty SNI, which would turn verification off: the address
+                // fails the name check instead.
+                None => tls.apply(&mut peer, &backend.addr.to_string()),
+            }
+        }
         let o = &mut peer.options;
         o.connection_timeout = Some(self.connect_timeout);
         o.read_timeout = Some(self.read_timeout);
         o.write_timeout = Some(self.write_timeout);
         o.idle_timeout = Some(self.idle_timeout);
         peer
+    }
+}
+
+/// The name `hosts` gave `backend`'s address.
+fn host_name<'a>(names: &'a [(SocketAddr, Arc<str>)], backend: &Backend) -> Option<&'a Arc<str>> {
+    let addr = backend.addr.as_inet()?;
+    names.iter().find(|(a, _)| a == addr).map(|(_, n)| n)
+}
+
+/// Pingora's HTTP check with the peer options of each host's name.
+struct PerHostCheck {
+    host_names: Vec<(SocketAddr, Arc<str>)>,
+    checks: Vec<(Arc<str>, HttpHealthCheck)>,
+}
+
+#[async_trait]
+impl HealthCheck for PerHostCheck {
+    async fn check(&self, target: &Backend) -> pingora_error::Result<()> {
+        let named = host_name(&self.host_names, target);
+        let Some((_, hc)) = named
+            .and_then(|n| self.checks.iter().find(|(c, _)| c == n))
+            .or(self.checks.first())
+        else {
+            return pingora_error::Error::e_explain(
+                pingora_error::ErrorType::InternalError,
+                "no health check for this host",
+            );
+        };
+        hc.check(target).await
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        self.checks
+            .first()
+            .map_or(1, |(_, hc)| hc.health_threshold(success))
     }
 }
 

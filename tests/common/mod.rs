@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -120,6 +120,19 @@ impl Gateway {
     /// to a config file and starts `modelgate -c` on it. Waits for `/healthz`,
     /// and for `/readyz` when `wait_ready`.
     pub fn start(body: &str, env: &[(&str, &str)], wait_ready: bool) -> Gateway {
+        let listen = |addr: &str| format!("listen: [\"{addr}\"]\n");
+        Gateway::start_with(&listen, &clients_yaml(), body, env, wait_ready)
+    }
+
+    /// As `start`, with the listener section made by `listen` from the
+    /// address `url` serves (called again on a retry) and a `clients` section.
+    pub fn start_with(
+        listen: &dyn Fn(&str) -> String,
+        clients: &str,
+        body: &str,
+        env: &[(&str, &str)],
+        wait_ready: bool,
+    ) -> Gateway {
         // A port from `free_port` can be taken by a parallel test before the
         // gateway binds it: then the gateway exits at once, and we retry on
         // fresh ports rather than fail the test.
@@ -128,9 +141,9 @@ impl Gateway {
             let addr = format!("127.0.0.1:{}", free_port());
             let admin = format!("127.0.0.1:{}", free_port());
             let config = format!(
-                "server:\n  threads: 2\n  pid_file: {d}/modelgate.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 2\nlisten: [\"{addr}\"]\nadmin: {{listen: \"{admin}\", token: \"{ADMIN_TOKEN}\"}}\n{clients}{body}",
+                "server:\n  threads: 2\n  pid_file: {d}/modelgate.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 2\n{listen}admin: {{listen: \"{admin}\", token: \"{ADMIN_TOKEN}\"}}\n{clients}{body}",
                 d = dir.path().display(),
-                clients = clients_yaml(),
+                listen = listen(&addr),
             );
             let conf_path = dir.path().join("modelgate.yaml");
             std::fs::write(&conf_path, config).unwrap();
@@ -209,6 +222,10 @@ impl Gateway {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.proc.0.id()
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.proc.0.try_wait().unwrap().is_none()
     }
@@ -233,6 +250,22 @@ impl Gateway {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Runs `modelgate -t` on `yaml`: (passed, stderr).
+pub fn check_config(dir: &Path, yaml: &str) -> (bool, String) {
+    let conf = dir.join("c.yaml");
+    std::fs::write(&conf, yaml).unwrap();
+    let out = Command::new(BIN)
+        .arg("-t")
+        .arg("-c")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }
 
 /// A chat request body.

@@ -55,27 +55,35 @@ pub async fn handshake<S: IO>(
             match e.code() {
                 ssl::ErrorCode::SSL => {
                     // Unify the return type of `verify_result` for openssl
+                    // (modelgate patch: keep the verify reason for the error message)
                     #[cfg(not(feature = "boringssl"))]
-                    fn verify_result<S>(stream: SslStream<S>) -> Result<(), i32> {
-                        match stream.ssl().verify_result().as_raw() {
+                    fn verify_result<S>(stream: SslStream<S>) -> Result<(), (i32, &'static str)> {
+                        let result = stream.ssl().verify_result();
+                        match result.as_raw() {
                             crate::tls::ssl_sys::X509_V_OK => Ok(()),
-                            e => Err(e),
+                            e => Err((e, result.error_string())),
                         }
                     }
 
                     // Unify the return type of `verify_result` for boringssl
                     #[cfg(feature = "boringssl")]
-                    fn verify_result<S>(stream: SslStream<S>) -> Result<(), i32> {
-                        stream.ssl().verify_result().map_err(|e| e.as_raw())
+                    fn verify_result<S>(stream: SslStream<S>) -> Result<(), (i32, &'static str)> {
+                        stream
+                            .ssl()
+                            .verify_result()
+                            .map_err(|e| (e.as_raw(), e.error_string()))
                     }
 
                     match verify_result(stream) {
                         Ok(()) => Error::e_explain(TLSHandshakeFailure, context),
                         // X509_V_ERR_INVALID_CALL in case verify result was never set
-                        Err(X509_V_ERR_INVALID_CALL) => {
+                        Err((X509_V_ERR_INVALID_CALL, _)) => {
                             Error::e_explain(TLSHandshakeFailure, context)
                         }
-                        _ => Error::e_explain(InvalidCert, context),
+                        Err((_, reason)) => Error::e_explain(
+                            InvalidCert,
+                            format!("{context}, certificate verify result: {reason}"),
+                        ),
                     }
                 }
                 /* likely network error, but still mark as TLS error */
