@@ -76,6 +76,23 @@ impl Streams {
         out
     }
 
+    /// [`Streams::push`], except that the whole text of a field in a whole
+    /// response (`whole`, and no stream open for `key`) is masked in one go:
+    /// nothing would be held back, so no liveness scan, and no holdback bound.
+    pub fn push_field(
+        &mut self,
+        key: StreamKey,
+        text: &str,
+        rules: &MaskRules,
+        counts: &mut [u32],
+        whole: bool,
+    ) -> String {
+        if whole && !self.any(|k| *k == key) {
+            return rules.mask_all(text, counts);
+        }
+        self.push(key, text, rules, counts)
+    }
+
     /// Ends the streams selected by `pick`, returning their non-empty remainders.
     pub fn flush(
         &mut self,

@@ -69,7 +69,7 @@ fn process_choice(
     if let Some(Value::Object(c)) = choice.get_mut(container) {
         for (name, field) in TEXT_FIELDS {
             if let Some(Value::String(s)) = c.get_mut(name) {
-                *s = streams.push(StreamKey::new(idx, field), s, rules, counts);
+                *s = streams.push_field(StreamKey::new(idx, field), s, rules, counts, whole);
             }
         }
         if let Some(Value::Array(calls)) = c.get_mut("tool_calls") {
@@ -84,14 +84,14 @@ fn process_choice(
                         field: Field::ToolArguments,
                         sub: tidx,
                     };
-                    *a = streams.push(key, a, rules, counts);
+                    *a = streams.push_field(key, a, rules, counts, whole);
                 }
             }
         }
         mask_leaves_except_streamed(c, rules, counts);
     }
     if let Some(Value::String(t)) = choice.get_mut("text") {
-        *t = streams.push(StreamKey::new(idx, Field::Text), t, rules, counts);
+        *t = streams.push_field(StreamKey::new(idx, Field::Text), t, rules, counts, whole);
     }
     if let Some(Value::Object(lp)) = choice.get_mut("logprobs") {
         let key = |sub| StreamKey {

@@ -350,15 +350,16 @@ fn apply(
     whole: bool,
     edits: &mut Vec<Edit>,
 ) {
+    let mut push = |key, s: &str| streams.push_field(key, s, rules, counts, whole);
     let mut values: [Option<String>; 4] = Default::default();
     for (i, (_, field)) in TEXT_FIELDS.iter().enumerate() {
         if let Some(Slot { text: Some(s), .. }) = &c.fields[i] {
-            values[i] = Some(streams.push(StreamKey::new(c.idx, *field), s, rules, counts));
+            values[i] = Some(push(StreamKey::new(c.idx, *field), s));
         }
     }
     let mut text = None;
     if let Some(Slot { text: Some(s), .. }) = &c.text {
-        text = Some(streams.push(StreamKey::new(c.idx, Field::Text), s, rules, counts));
+        text = Some(push(StreamKey::new(c.idx, Field::Text), s));
     }
     // Fields the flush creates, in the order it creates them.
     let mut new_in_container: Vec<(&str, String)> = Vec::new();
