@@ -64,9 +64,13 @@ impl Services {
             let name = l.name_or_default(i);
             let at = format!("listeners[{i}].tls");
             let certs_at = format!("{at}.certificates");
-            let (set, w) =
-                SniCerts::load_all(&certs_at, &tls.certificates, config.tls.expiry_warning)
-                    .map_err(ConfigError)?;
+            let (set, w) = SniCerts::load_all(
+                &certs_at,
+                &tls.certificates,
+                config.tls.expiry_warning,
+                crate::tls::certs::Validity::Required,
+            )
+            .map_err(ConfigError)?;
             warnings.extend(w);
             crate::tls::reload::set_expiry(&metrics, &name, &set);
             let store = Arc::new(arc_swap::ArcSwap::from_pointee(set));

@@ -365,6 +365,8 @@ fn mutual_tls_client_certificates_are_identities_for_policy_and_audit() {
     let rogue_ca = ca("Rogue CA");
     let gw_cert = issue(d, "gw", &server_ca, server(&["gw.test"]));
     let clients_ca_file = write(d, "clients-ca.pem", &clients_ca.pem());
+    // A partner's CA, trusted on the `partner-ca` listener only.
+    let rogue_ca_file = write(d, "partner-ca.pem", &rogue_ca.pem());
     let alice = issue(
         d,
         "alice",
@@ -405,20 +407,27 @@ fn mutual_tls_client_certificates_are_identities_for_policy_and_audit() {
 
     let up = Upstream::start("u");
     let audit = d.join("audit.jsonl");
-    let ports = [Cell::new(0), Cell::new(0), Cell::new(0)];
-    let listener = |name: &str, mode: &str| {
+    let ports = [Cell::new(0), Cell::new(0), Cell::new(0), Cell::new(0)];
+    let listener = |name: &str, mode: &str, ca: &str| {
         format!(
-            "  - name: {name}\n    address: \"127.0.0.1:PORT\"\n    tls:\n      certificates: [{{cert: {}, key: {}}}]\n      client_auth: {{mode: {mode}, ca: {clients_ca_file}}}\n",
+            "  - name: {name}\n    address: \"127.0.0.1:PORT\"\n    tls:\n      certificates: [{{cert: {}, key: {}}}]\n      client_auth: {{mode: {mode}, ca: {ca}}}\n",
             gw_cert.cert, gw_cert.key
         )
     };
     let tls = [
-        listener("internal", "required"),
-        listener("partners", "optional"),
-        listener("handshake", "required, reject_in_handshake: true"),
+        listener("internal", "required", &clients_ca_file),
+        listener("partners", "optional", &clients_ca_file),
+        listener(
+            "handshake",
+            "required, reject_in_handshake: true",
+            &clients_ca_file,
+        ),
+        listener("partner-ca", "required", &rogue_ca_file),
     ];
+    // Certificate clients name the listeners (so the CAs) they come through.
+    let ours = "listeners: [internal, partners, handshake]";
     let clients = format!(
-        "{}  - {{name: alice-svc, cert: {{uri: \"spiffe://corp/ns/ml/sa/alice\"}}, groups: [ml]}}\n  - {{name: ops, cert: {{cn: ops-console}}, groups: [admin]}}\n",
+        "{}  - {{name: alice-svc, cert: {{uri: \"spiffe://corp/ns/ml/sa/alice\", {ours}}}, groups: [ml]}}\n  - {{name: ops, cert: {{cn: ops-console, {ours}}}, groups: [admin]}}\n",
         clients_yaml()
     );
     let body = format!(
@@ -427,7 +436,7 @@ fn mutual_tls_client_certificates_are_identities_for_policy_and_audit() {
         audit.display()
     );
     let gw = Gateway::start_with(&listeners("", &tls, &ports), &clients, &body, &[], true);
-    let [internal, partners, handshake] = [0, 1, 2].map(|i| ports[i].get());
+    let [internal, partners, handshake, partner_ca] = [0, 1, 2, 3].map(|i| ports[i].get());
     let call = |c: &Client, port: u16, model: &str, key: Option<&str>| {
         let mut r = c
             .post(format!("https://gw.test:{port}/v1/chat/completions"))
@@ -444,7 +453,8 @@ fn mutual_tls_client_certificates_are_identities_for_policy_and_audit() {
     assert_eq!(error_code(r), (401, "client_certificate_required".into()));
 
     // alice's certificate is client alice-svc (group ml), over HTTP/2, on
-    // fresh connections each time (the later ones resume the TLS session).
+    // fresh connections each time (each a full handshake: no resumption
+    // where certificates are identities).
     let as_alice = tls_client(&server_ca.pem(), Some(&alice))
         .pool_max_idle_per_host(0)
         .build()
@@ -470,6 +480,12 @@ fn mutual_tls_client_certificates_are_identities_for_policy_and_audit() {
             .status(),
         200
     );
+
+    // The partner CA's certificate claiming ops's CN, on the listener that
+    // trusts that CA: verified, but ops's match does not hold there.
+    let as_partner = tls_client(&server_ca.pem(), Some(&rogue)).build().unwrap();
+    let r = call(&as_partner, partner_ca, "demo-model", None).unwrap();
+    assert_eq!(error_code(r), (403, "unknown_client_certificate".into()));
 
     // A valid certificate that names no client: 403.
     let as_stranger = tls_client(&server_ca.pem(), Some(&stranger))
@@ -568,6 +584,7 @@ fn mutual_tls_client_certificates_are_identities_for_policy_and_audit() {
         serde_json::json!(["spiffe://corp/ns/ml/sa/alice"])
     );
     assert_eq!(client["cert"]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(client["cert"]["issuer"], "CN=Clients CA");
     let tls = &alice_call["tls"];
     assert_eq!(tls["listener"], "internal");
     assert_eq!(tls["version"], "TLSv1.3");

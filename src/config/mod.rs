@@ -344,8 +344,82 @@ policies:
         );
         assert_eq!(
             err(&twice),
-            "clients[2].cert: the same certificate match as clients[1]"
+            "clients[2].cert: the same certificate match as clients[1] (on a listener both accept)"
         );
+        // DNS names match without case, so they clash without case too.
+        let dns = text.replace("{uri: \"spiffe://corp/batch\"}", "{dns: a.corp}");
+        let twice = dns.replace(
+            "    groups: [analysts]\n",
+            "    groups: [analysts]\n  - {name: b, cert: {dns: A.CORP}}\n",
+        );
+        assert!(
+            err(&twice).contains("the same certificate match"),
+            "{twice}"
+        );
+
+        // Two listeners verifying certificates (each against its CA): every
+        // certificate client names the ones it may come through.
+        let partner = MTLS_LISTENER
+            .replace("internal", "partners")
+            .replace("8444", "8445")
+            .replace("/etc/ca.pem", "/etc/partner-ca.pem");
+        let two = with_listeners(&format!("{MTLS_LISTENER}{partner}"), "").replace(
+            "    groups: [analysts]\n",
+            &format!("    groups: [analysts]\n{cert_client}"),
+        );
+        let e = err(&two);
+        assert!(
+            e.starts_with("clients[1].cert.listeners: required: several listeners verify client certificates (internal, partners)"),
+            "{e}"
+        );
+        let scoped = |on: &str| {
+            two.replace(
+                "\"spiffe://corp/batch\"}",
+                &format!("\"spiffe://corp/batch\", listeners: [{on}]}}"),
+            )
+        };
+        let c = load_str(&scoped("internal"), &env).unwrap();
+        assert_eq!(c.clients[1].cert.as_ref().unwrap().listeners, ["internal"]);
+        assert_eq!(
+            err(&scoped("internal, nope")),
+            "clients[1].cert.listeners: `nope` is not a listener that verifies client certificates"
+        );
+        // The same match on disjoint listeners is two clients.
+        let pair = scoped("internal").replace(
+            cert_client,
+            &format!(
+                "{}{}",
+                cert_client.replace("}, groups", ", listeners: [internal]}, groups"),
+                cert_client
+                    .replace("batch,", "batch2,")
+                    .replace("}, groups", ", listeners: [partners]}, groups")
+            ),
+        );
+        assert!(load_str(&pair, &env).is_ok(), "{pair}");
+    }
+
+    #[test]
+    fn upstream_tls_names_are_dns_names() {
+        for (bad, want) in [
+            (
+                "server_name: \"a b\"",
+                "server_name: a DNS name has no spaces",
+            ),
+            (
+                "server_name: \"a\\0b\"",
+                "server_name: a DNS name has no spaces",
+            ),
+            (
+                "alternative_name: 10.0.0.1",
+                "alternative_name: `10.0.0.1` is an IP address",
+            ),
+        ] {
+            let text = format!(
+                "listen: [\"127.0.0.1:8080\"]\nupstreams:\n  m:\n    hosts: [\"m.test:443\"]\n    tls: {{{bad}}}\nroutes: [{{upstream: m}}]\n"
+            );
+            let e = err(&text);
+            assert!(e.starts_with(&format!("upstreams.m.tls.{want}")), "{e}");
+        }
     }
 
     #[test]

@@ -437,6 +437,12 @@ pub struct CertMatchConfig {
     /// A SAN e-mail address (case-insensitive).
     #[serde(default)]
     pub email: Option<String>,
+    /// Names of the listeners whose verified certificates may be this
+    /// client: each listener's `client_auth.ca` is the trust anchor the
+    /// name is taken from. Required when several listeners verify client
+    /// certificates; default: the one that does.
+    #[serde(default)]
+    pub listeners: Vec<String>,
 }
 
 /// `tls:`: settings shared by every TLS listener.

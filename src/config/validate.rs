@@ -64,23 +64,46 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
             None => {}
             Some(m) => {
                 cert_match(&at, m)?;
-                if !c
+                let verifying: Vec<String> = c
                     .listeners
                     .iter()
-                    .any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some()))
-                {
+                    .enumerate()
+                    .filter(|(_, l)| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some()))
+                    .map(|(i, l)| l.name_or_default(i))
+                    .collect();
+                match (verifying.len(), m.listeners.is_empty()) {
+                    (0, _) => {
+                        return Err(ConfigError::at(
+                            format!("{at}.cert"),
+                            "no listener asks for client certificates (set `listeners[].tls.client_auth`)",
+                        ))
+                    }
+                    (1, true) => {}
+                    (_, true) => {
+                        return Err(ConfigError::at(
+                            format!("{at}.cert.listeners"),
+                            format!(
+                                "required: several listeners verify client certificates ({}), \
+                                 each against its own CA; name the ones whose certificates may be this client",
+                                verifying.join(", ")
+                            ),
+                        ))
+                    }
+                    _ => {}
+                }
+                if let Some(l) = m.listeners.iter().find(|l| !verifying.contains(l)) {
                     return Err(ConfigError::at(
-                        format!("{at}.cert"),
-                        "no listener asks for client certificates (set `listeners[].tls.client_auth`)",
+                        format!("{at}.cert.listeners"),
+                        format!("`{l}` is not a listener that verifies client certificates"),
                     ));
                 }
                 if let Some(j) = c.clients[..i]
                     .iter()
-                    .position(|o| o.cert.as_ref() == Some(m))
+                    .position(|o| o.cert.as_ref().is_some_and(|o| same_cert_match(o, m)))
                 {
                     return Err(ConfigError::at(
                         format!("{at}.cert"),
-                        format!("the same certificate match as clients[{j}]"),
+                        format!("the same certificate match as clients[{j}] (on a listener both accept)"),
                     ));
                 }
             }
@@ -347,6 +370,13 @@ fn validate_listeners(c: &Config) -> Result<(), ConfigError> {
             "at least one address is required (e.g. [\"0.0.0.0:8080\"]), or a `listeners` entry",
         ));
     }
+    let poll = c.tls.reload_check_interval;
+    if !poll.is_zero() && poll < std::time::Duration::from_millis(100) {
+        return Err(ConfigError::at(
+            "tls.reload_check_interval",
+            "at least 100ms (each check reads every certificate file's metadata), or 0s for SIGHUP only",
+        ));
+    }
     let mut addrs = HashSet::new();
     for (i, addr) in c.listen.iter().enumerate() {
         let at = format!("listen[{i}]");
@@ -443,6 +473,20 @@ fn cert_match(at: &str, m: &super::CertMatchConfig) -> Result<(), ConfigError> {
     }
 }
 
+/// Whether two matches name the same certificates (DNS and e-mail compare
+/// without case, as they match) on a listener both accept (none: all).
+fn same_cert_match(a: &super::CertMatchConfig, b: &super::CertMatchConfig) -> bool {
+    let fold = |v: &Option<String>| v.as_ref().map(|s| s.to_ascii_lowercase());
+    let same = a.cn == b.cn
+        && a.uri == b.uri
+        && fold(&a.dns) == fold(&b.dns)
+        && fold(&a.email) == fold(&b.email);
+    let overlap = a.listeners.is_empty()
+        || b.listeners.is_empty()
+        || a.listeners.iter().any(|l| b.listeners.contains(l));
+    same && overlap
+}
+
 fn validate_upstream_tls(
     at: &str,
     tls: &super::UpstreamTlsConfig,
@@ -482,6 +526,26 @@ fn validate_upstream_tls(
     ] {
         if v.as_ref().is_some_and(|v| v.trim().is_empty()) {
             return Err(ConfigError::at(format!("{at}.{key}"), "must not be empty"));
+        }
+    }
+    // Names go to OpenSSL as C strings and DNS names: a NUL would panic a
+    // connection, an IP literal is no SNI and never matches a DNS SAN.
+    for (key, v) in [
+        ("server_name", &tls.server_name),
+        ("alternative_name", &tls.alternative_name),
+    ] {
+        let Some(v) = v else { continue };
+        if v.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(ConfigError::at(
+                format!("{at}.{key}"),
+                "a DNS name has no spaces or control characters",
+            ));
+        }
+        if v.parse::<std::net::IpAddr>().is_ok() {
+            return Err(ConfigError::at(
+                format!("{at}.{key}"),
+                format!("`{v}` is an IP address; certificates are checked against a DNS name here"),
+            ));
         }
     }
     Ok(())

@@ -214,13 +214,10 @@ impl Gateway {
     fn authenticate(
         &self,
         session: &Session,
-        ctx: &mut RequestCtx,
     ) -> std::result::Result<Arc<crate::identity::Client>, AuthError> {
-        let conn = crate::tls::listener::conn(session);
-        ctx.tls = conn.map(|c| c.info.clone());
-        match conn {
+        match crate::tls::listener::conn(session) {
             Some(c) => match &c.client_cert {
-                Some(id) => self.clients.authenticate_cert(id),
+                Some(id) => self.clients.authenticate_cert(id, &c.info.listener),
                 None if c.client_cert_required => Err(AuthError::CertificateRequired),
                 None => self.clients.authenticate(&session.req_header().headers),
             },
@@ -408,13 +405,14 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         self.metrics.in_flight.inc();
         ctx.in_flight = true;
+        ctx.tls = crate::tls::listener::conn(session).map(|c| c.info.clone());
         // Room for this call's final record, whatever happens next.
         match self.audit_slot(ctx).await {
             Ok(slot) => ctx.audit_slot = slot,
             Err(err) => return self.reject(session, ctx, err).await,
         }
 
-        match self.authenticate(session, ctx) {
+        match self.authenticate(session) {
             Ok(client) => ctx.client = Some(client),
             Err(e) => {
                 let err = ClientError::auth_failed(e.status(), e.code(), e.message());

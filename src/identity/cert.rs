@@ -25,6 +25,9 @@ pub struct PeerIdentity {
     pub uri: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub email: Vec<String>,
+    /// The issuer's distinguished name (`CN=…,O=…`), for the audit trail.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub issuer: String,
     /// Hex serial number.
     pub serial: String,
     /// Hex SHA-256 of the DER certificate.
@@ -44,6 +47,16 @@ impl PeerIdentity {
         let mut id = PeerIdentity {
             cn: text(Nid::COMMONNAME).into_iter().next(),
             ou: text(Nid::ORGANIZATIONALUNITNAME),
+            issuer: cert
+                .issuer_name()
+                .entries()
+                .map(|e| {
+                    let key = e.object().nid().short_name().unwrap_or("?");
+                    let value = e.data().to_string().unwrap_or_default();
+                    format!("{key}={value}")
+                })
+                .collect::<Vec<_>>()
+                .join(","),
             serial: cert
                 .serial_number()
                 .to_bn()

@@ -65,6 +65,9 @@ pub enum AuthError {
     CertificateRequired,
     /// A verified client certificate that no `clients[].cert` names.
     UnknownCertificate,
+    /// A verified client certificate that more than one client's match
+    /// names: refused rather than decided by configuration order.
+    AmbiguousCertificate,
 }
 
 impl AuthError {
@@ -76,13 +79,16 @@ impl AuthError {
             AuthError::Invalid => "Invalid API key.",
             AuthError::Jwt(e) => e.message(),
             AuthError::SubjectIsAClient => {
-                "Invalid token: its subject is the name of an API-key client of this gateway."
+                "Invalid token: its subject is the name of an API-key client or certificate client of this gateway."
             }
             AuthError::CertificateRequired => {
                 "This listener requires a client certificate (mutual TLS)."
             }
             AuthError::UnknownCertificate => {
                 "The client certificate is valid but names no client of this gateway."
+            }
+            AuthError::AmbiguousCertificate => {
+                "The client certificate matches more than one client of this gateway."
             }
         }
     }
@@ -95,13 +101,14 @@ impl AuthError {
             AuthError::SubjectIsAClient => "subject_conflict",
             AuthError::CertificateRequired => "client_certificate_required",
             AuthError::UnknownCertificate => "unknown_client_certificate",
+            AuthError::AmbiguousCertificate => "ambiguous_client_certificate",
         }
     }
 
     /// 401, or 403 for a known-good certificate of an unknown caller.
     pub fn status(self) -> u16 {
         match self {
-            AuthError::UnknownCertificate => 403,
+            AuthError::UnknownCertificate | AuthError::AmbiguousCertificate => 403,
             _ => 401,
         }
     }
@@ -123,8 +130,9 @@ impl AuthError {
 /// ```
 pub struct ClientRegistry {
     entries: Vec<([u8; 32], Arc<Client>)>,
-    /// Clients identified by certificate, in configuration order.
-    by_cert: Vec<(CertMatch, Arc<Client>)>,
+    /// Clients identified by certificate: the match, the listeners it
+    /// applies to (empty: every listener), the client.
+    by_cert: Vec<(CertMatch, Vec<String>, Arc<Client>)>,
     jwt: Option<Arc<jwt::JwtVerifier>>,
     /// Groups a JWT caller's metrics label may name (bounded by the config).
     label_groups: Vec<String>,
@@ -154,7 +162,8 @@ impl ClientRegistry {
                     via: Via::ClientCert,
                     ..(*client).clone()
                 };
-                by_cert.push((m, Arc::new(via_cert)));
+                let listeners = c.cert.as_ref().map_or(Vec::new(), |m| m.listeners.clone());
+                by_cert.push((m, listeners, Arc::new(via_cert)));
             }
         }
         ClientRegistry {
@@ -189,12 +198,18 @@ impl ClientRegistry {
 
     /// The client a verified certificate names: the first `clients[]` entry
     /// whose `cert` matches. The certificate itself rides along for audit.
-    pub fn authenticate_cert(&self, id: &Arc<PeerIdentity>) -> Result<Arc<Client>, AuthError> {
-        let (_, client) = self
-            .by_cert
-            .iter()
-            .find(|(m, _)| m.matches(id))
-            .ok_or(AuthError::UnknownCertificate)?;
+    pub fn authenticate_cert(
+        &self,
+        id: &Arc<PeerIdentity>,
+        listener: &str,
+    ) -> Result<Arc<Client>, AuthError> {
+        let mut found = self.by_cert.iter().filter(|(m, on, _)| {
+            (on.is_empty() || on.iter().any(|l| l == listener)) && m.matches(id)
+        });
+        let (_, _, client) = found.next().ok_or(AuthError::UnknownCertificate)?;
+        if found.next().is_some() {
+            return Err(AuthError::AmbiguousCertificate);
+        }
         Ok(Arc::new(Client {
             cert: Some(id.clone()),
             ..(**client).clone()
@@ -225,7 +240,7 @@ impl ClientRegistry {
             if jwt::looks_like_jwt(key) {
                 let id = verifier.verify(key).map_err(AuthError::Jwt)?;
                 let key_clients = self.entries.iter().map(|(_, c)| &c.name);
-                let cert_clients = self.by_cert.iter().map(|(_, c)| &c.name);
+                let cert_clients = self.by_cert.iter().map(|(_, _, c)| &c.name);
                 if key_clients.chain(cert_clients).any(|n| *n == id.subject) {
                     return Err(AuthError::SubjectIsAClient);
                 }
@@ -347,7 +362,7 @@ mod tests {
             serial: "01".into(),
             ..Default::default()
         });
-        let c = r.authenticate_cert(&id).unwrap();
+        let c = r.authenticate_cert(&id, "internal").unwrap();
         assert_eq!((c.name.as_str(), c.via), ("batch", Via::ClientCert));
         assert_eq!(c.groups, ["jobs"]);
         assert_eq!(c.cert.as_deref(), Some(&*id));
@@ -358,18 +373,69 @@ mod tests {
             cn: Some("ops".into()),
             ..Default::default()
         });
-        assert_eq!(r.authenticate_cert(&ops).unwrap().via, Via::ClientCert);
+        assert_eq!(
+            r.authenticate_cert(&ops, "internal").unwrap().via,
+            Via::ClientCert
+        );
         let stranger = Arc::new(PeerIdentity {
             cn: Some("mallory".into()),
             ..Default::default()
         });
         assert_eq!(
-            r.authenticate_cert(&stranger),
+            r.authenticate_cert(&stranger, "internal"),
             Err(AuthError::UnknownCertificate)
         );
         assert_eq!(AuthError::UnknownCertificate.status(), 403);
         // Certificate-only clients have no key.
         assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn a_certificate_match_holds_on_its_listeners_only_and_never_twice() {
+        let client = |name: &str, m: crate::config::CertMatchConfig| ClientConfig {
+            name: name.into(),
+            key_sha256: None,
+            cert: Some(m),
+            groups: vec![],
+        };
+        let cn = |v: &str, on: &[&str]| crate::config::CertMatchConfig {
+            cn: Some(v.into()),
+            listeners: on.iter().map(|l| l.to_string()).collect(),
+            ..Default::default()
+        };
+        let r = ClientRegistry::new(&[
+            client("ops", cn("ops-console", &["internal"])),
+            client("partner-ops", cn("ops-console", &["partners"])),
+            client("by-cn", cn("shared", &[])),
+            client(
+                "by-uri",
+                crate::config::CertMatchConfig {
+                    uri: Some("spiffe://corp/b".into()),
+                    ..Default::default()
+                },
+            ),
+        ]);
+        let id = |cn: &str, uri: &[&str]| {
+            Arc::new(PeerIdentity {
+                cn: Some(cn.into()),
+                uri: uri.iter().map(|u| u.to_string()).collect(),
+                ..Default::default()
+            })
+        };
+        // The same CN from another listener's CA is another client.
+        let on = |l| {
+            r.authenticate_cert(&id("ops-console", &[]), l)
+                .map(|c| c.name.clone())
+        };
+        assert_eq!(on("internal").as_deref(), Ok("ops"));
+        assert_eq!(on("partners").as_deref(), Ok("partner-ops"));
+        assert_eq!(on("mesh"), Err(AuthError::UnknownCertificate));
+        // Two clients' matches on one certificate: refused, not first-wins.
+        assert_eq!(
+            r.authenticate_cert(&id("shared", &["spiffe://corp/b"]), "internal"),
+            Err(AuthError::AmbiguousCertificate)
+        );
+        assert_eq!(AuthError::AmbiguousCertificate.status(), 403);
     }
 
     #[test]

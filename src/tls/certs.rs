@@ -40,12 +40,20 @@ impl CertKey {
 pub fn load(
     files: &CertKeyFiles,
     warn_within: Duration,
+    validity: Validity,
 ) -> Result<(CertKey, Option<String>), String> {
     let (cert_path, key_path) = (files.cert.as_str(), files.key.as_str());
     let chain = read_pem_certs(cert_path)?;
     let leaf = &chain[0];
     let key_pem = std::fs::read(key_path).map_err(|e| format!("cannot read {key_path}: {e}"))?;
-    let key = PKey::private_key_from_pem(&key_pem)
+    // No pass phrase callback would let OpenSSL prompt on the terminal.
+    if key_pem.windows(9).any(|w| w == b"ENCRYPTED") {
+        return Err(format!(
+            "{key_path}: an encrypted private key; modelgate reads unencrypted PEM keys only \
+             (decrypt it with `openssl pkey -in {key_path} -out <new file>`)"
+        ));
+    }
+    let key = PKey::private_key_from_pem_callback(&key_pem, |_| Ok(0))
         .map_err(|_| format!("{key_path}: not a PEM private key"))?;
     let public = leaf
         .public_key()
@@ -56,23 +64,30 @@ pub fn load(
         ));
     }
     let now = Asn1Time::days_from_now(0).map_err(|e| e.to_string())?;
-    if leaf.not_after() < now {
-        return Err(format!("{cert_path}: expired on {}", leaf.not_after()));
-    }
-    if leaf.not_before() > now {
-        return Err(format!(
+    let invalid = if leaf.not_after() < now {
+        Some(format!("{cert_path}: expired on {}", leaf.not_after()))
+    } else if leaf.not_before() > now {
+        Some(format!(
             "{cert_path}: not valid before {}",
             leaf.not_before()
-        ));
-    }
-    let left = seconds_between(&now, leaf.not_after())?;
-    let warning = (left < warn_within.as_secs() as i64).then(|| {
-        format!(
-            "{cert_path}: expires in {} days ({})",
-            left / 86400,
-            leaf.not_after()
-        )
-    });
+        ))
+    } else {
+        None
+    };
+    let warning = match (invalid, validity) {
+        (Some(e), Validity::Required) => return Err(e),
+        (Some(e), Validity::Warn) => Some(e),
+        (None, _) => {
+            let left = seconds_between(&now, leaf.not_after())?;
+            (left < warn_within.as_secs() as i64).then(|| {
+                format!(
+                    "{cert_path}: expires in {} days ({})",
+                    left / 86400,
+                    leaf.not_after()
+                )
+            })
+        }
+    };
     let mut names: Vec<String> = leaf
         .subject_alt_names()
         .iter()
@@ -100,6 +115,16 @@ pub fn load(
 }
 
 /// A PEM bundle of CA certificates (at least one).
+/// What an expired or not-yet-valid certificate is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validity {
+    /// An error: `-t`, start and upgrade refuse it.
+    Required,
+    /// A warning: a reload does not let one lapsed certificate of a
+    /// listener hold back the renewal of the others.
+    Warn,
+}
+
 pub fn load_ca(path: &str) -> Result<Vec<X509>, String> {
     read_pem_certs(path)
 }
@@ -150,11 +175,12 @@ impl SniCerts {
         at: &str,
         files: &[CertKeyFiles],
         warn_within: Duration,
+        validity: Validity,
     ) -> Result<(SniCerts, Vec<String>), String> {
         let mut certs = Vec::new();
         let mut warnings = Vec::new();
         for (i, f) in files.iter().enumerate() {
-            let (ck, w) = load(f, warn_within).map_err(|e| format!("{at}[{i}]: {e}"))?;
+            let (ck, w) = load(f, warn_within, validity).map_err(|e| format!("{at}[{i}]: {e}"))?;
             certs.push(ck);
             warnings.extend(w.map(|w| format!("{at}[{i}]: {w}")));
         }
@@ -222,7 +248,8 @@ mod tests {
             pair(dir.path(), "a", named(&["a.test"])),
             pair(dir.path(), "b", named(&["b.test", "*.b.test"])),
         ];
-        let (set, warnings) = SniCerts::load_all("certificates", &files, MONTH).unwrap();
+        let (set, warnings) =
+            SniCerts::load_all("certificates", &files, MONTH, Validity::Required).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(set.select(Some("B.test.")).label(), "b.test");
         assert_eq!(set.select(Some("x.b.test")).label(), "b.test");
@@ -230,7 +257,7 @@ mod tests {
         assert_eq!(set.select(Some("other.test")).label(), "a.test");
         assert_eq!(set.select(None).label(), "a.test");
         let dup = [files[0].clone(), files[0].clone()];
-        let e = SniCerts::load_all("certificates", &dup, MONTH)
+        let e = SniCerts::load_all("certificates", &dup, MONTH, Validity::Required)
             .err()
             .unwrap();
         assert_eq!(e, "certificates: two certificates claim the name a.test");
@@ -246,7 +273,7 @@ mod tests {
                 cert: cert.into(),
                 key: key.into(),
             };
-            let e = load(&files, MONTH).err().unwrap();
+            let e = load(&files, MONTH, Validity::Required).err().unwrap();
             assert!(e.contains(want), "wanted `{want}`: {e}");
         };
         let missing = dir.path().join("nope.pem").display().to_string();
@@ -261,6 +288,17 @@ mod tests {
         old.not_after = now - time::Duration::days(1);
         let old = pair(dir.path(), "old", old);
         fails(&old.cert, &old.key, "expired on");
+        // A reload serves it with a warning, so it holds no other pair back.
+        let (_, warning) = load(&old, MONTH, Validity::Warn).unwrap();
+        assert!(warning.is_some_and(|w| w.contains("expired on")));
+        // An encrypted key is refused with a reason, never a prompt.
+        let pkey = PKey::private_key_from_pem(&std::fs::read(&a.key).unwrap()).unwrap();
+        let locked = pkey
+            .private_key_to_pem_pkcs8_passphrase(openssl::symm::Cipher::aes_256_cbc(), b"pw")
+            .unwrap();
+        let locked_key = dir.path().join("locked.key").display().to_string();
+        std::fs::write(&locked_key, locked).unwrap();
+        fails(&a.cert, &locked_key, "an encrypted private key");
         let mut early = named(&["early.test"]);
         early.not_before = now + time::Duration::days(2);
         early.not_after = now + time::Duration::days(90);
@@ -269,11 +307,14 @@ mod tests {
         let mut soon = named(&["soon.test"]);
         soon.not_after = soon_after(now);
         let soon = pair(dir.path(), "soon", soon);
-        let (ck, warning) = load(&soon, MONTH).unwrap();
+        let (ck, warning) = load(&soon, MONTH, Validity::Required).unwrap();
         let warning = warning.unwrap();
         assert!(warning.contains("expires in 9 days"), "{warning}");
         let want = (soon_after(now)).unix_timestamp();
         assert!((ck.not_after_unix - want).abs() < 5);
-        assert!(load(&soon, Duration::from_secs(86400)).unwrap().1.is_none());
+        assert!(load(&soon, Duration::from_secs(86400), Validity::Required)
+            .unwrap()
+            .1
+            .is_none());
     }
 }

@@ -15,7 +15,9 @@ use pingora_core::listeners::TlsAccept;
 use pingora_core::protocols::tls::TlsRef;
 use pingora_core::tls::ext;
 use pingora_core::tls::hash::{hash, MessageDigest};
-use pingora_core::tls::ssl::{NameType, SslVerifyMode, SslVersion};
+use pingora_core::tls::ssl::{
+    NameType, SslOptions, SslSessionCacheMode, SslVerifyMode, SslVersion,
+};
 use pingora_core::tls::x509::{X509Name, X509VerifyResult};
 use pingora_proxy::Session;
 use serde::Serialize;
@@ -155,6 +157,11 @@ pub fn tls_settings(
     let Some(auth) = auth else {
         return Ok(s);
     };
+    // No resumption where certificates are identities: a resumed session
+    // skips verification, so a certificate that has expired since (a
+    // short-lived SVID, say) would go on identifying its holder.
+    s.set_options(SslOptions::NO_TICKET);
+    s.set_session_cache_mode(SslSessionCacheMode::OFF);
     let ca = auth.ca.as_str();
     let ca_at = format!("{at}.client_auth.ca");
     super::certs::load_ca(ca).map_err(|e| format!("{ca_at}: {e}"))?;

@@ -7,7 +7,7 @@
 //! connections keep theirs. Everything else TLS (client CA, versions,
 //! upstream TLS) changes with a graceful upgrade (`modelgate -u`).
 
-use super::certs::{CertStore, SniCerts};
+use super::certs::{CertStore, SniCerts, Validity};
 use crate::config::CertKeyFiles;
 use crate::metrics::Metrics;
 use pingora_core::server::ShutdownWatch;
@@ -53,11 +53,12 @@ impl WatchedListener {
     /// Re-reads every file; swaps the set in only if all of it passes.
     fn reload(&self, metrics: &Metrics, warn_within: Duration) {
         let seen = stamps(&self.files);
-        match SniCerts::load_all(&self.at, &self.files, warn_within) {
+        match SniCerts::load_all(&self.at, &self.files, warn_within, Validity::Warn) {
             Ok((set, warnings)) => {
                 for w in warnings {
                     log::warn!("{w}");
                 }
+                clear_expiry(metrics, &self.name, &self.store.load());
                 set_expiry(metrics, &self.name, &set);
                 self.store.store(Arc::new(set));
                 *self.stamps.lock().unwrap_or_else(|e| e.into_inner()) = seen;
@@ -102,6 +103,15 @@ pub fn set_expiry(metrics: &Metrics, listener: &str, set: &SniCerts) {
             .tls_cert_expiry
             .with_label_values(&[listener, ck.label()])
             .set(ck.not_after_unix);
+    }
+}
+
+/// Removes a set's series, so a certificate no longer served raises no alert.
+fn clear_expiry(metrics: &Metrics, listener: &str, set: &SniCerts) {
+    for ck in set.all() {
+        let _ = metrics
+            .tls_cert_expiry
+            .remove_label_values(&[listener, ck.label()]);
     }
 }
 

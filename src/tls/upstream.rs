@@ -54,7 +54,7 @@ impl UpstreamTls {
                     cert: cert.clone(),
                     key: key.clone(),
                 };
-                let (ck, w) = certs::load(&files, warn_within)
+                let (ck, w) = certs::load(&files, warn_within, certs::Validity::Required)
                     .map_err(|e| format!("{at}.client_cert: {e}"))?;
                 (
                     Some(Arc::new(CertKey::new(ck.chain, ck.key))),
