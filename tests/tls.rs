@@ -207,6 +207,35 @@ fn listeners<'a>(
     }
 }
 
+/// Whether a second TLS 1.2 connection to `port` (SNI `sni`, presenting
+/// `identity`) resumes the first one's session.
+fn resumes(port: u16, sni: &str, identity: Option<&Pair>) -> bool {
+    use openssl::ssl::{SslConnector, SslMethod, SslSession, SslVerifyMode, SslVersion};
+    let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
+    b.set_verify(SslVerifyMode::NONE);
+    b.set_max_proto_version(Some(SslVersion::TLS1_2)).unwrap();
+    if let Some(p) = identity {
+        let cert = openssl::x509::X509::from_pem(p.pem.as_bytes()).unwrap();
+        let key = openssl::pkey::PKey::private_key_from_pem(p.key_pem.as_bytes()).unwrap();
+        b.set_certificate(&cert).unwrap();
+        b.set_private_key(&key).unwrap();
+    }
+    let c = b.build();
+    let connect = |session: Option<&SslSession>| {
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut cfg = c.configure().unwrap();
+        if let Some(s) = session {
+            // SAFETY: the session comes from a connection of this connector.
+            unsafe { cfg.set_session(s).unwrap() };
+        }
+        cfg.connect(sni, tcp).unwrap()
+    };
+    let first = connect(None);
+    let session = first.ssl().session().unwrap().to_owned();
+    connect(Some(&session)).ssl().session_reused()
+}
+
 // ---------------------------------------------------------------------------
 // Tests
 
@@ -309,6 +338,11 @@ fn https_with_sni_http2_h2c_streaming_and_masking() {
                 .map_err(|e| e.to_string())
         };
     let probe = |max, ciphers: &str| probe_port(p, max, ciphers);
+    // A listener without client certificates resumes TLS sessions.
+    assert!(
+        resumes(p, "a.test", None),
+        "no resumption on the public listener"
+    );
     use openssl::ssl::SslVersion;
     let tls11 = probe(SslVersion::TLS1_1, "DEFAULT:@SECLEVEL=0");
     // The server's refusal, not a client-side one.
@@ -479,6 +513,13 @@ fn mutual_tls_client_certificates_are_identities_for_policy_and_audit() {
             .unwrap()
             .status(),
         200
+    );
+
+    // No resumption where certificates are identities: every connection
+    // verifies its certificate afresh.
+    assert!(
+        !resumes(internal, "gw.test", Some(&alice)),
+        "a session resumed on internal"
     );
 
     // The partner CA's certificate claiming ops's CN, on the listener that
