@@ -534,6 +534,11 @@ fn mutual_tls_client_certificates_are_identities_for_policy_and_audit() {
         .unwrap();
     let r = call(&as_stranger, internal, "demo-model", None).unwrap();
     assert_eq!(error_code(r), (403, "unknown_client_certificate".into()));
+    let stranger_serial = {
+        let cert = openssl::x509::X509::from_pem(stranger.pem.as_bytes()).unwrap();
+        let bn = cert.serial_number().to_bn().unwrap();
+        bn.to_hex_str().unwrap().to_ascii_lowercase()
+    };
 
     // A certificate from another CA fails the handshake and is counted.
     // (With TLS 1.3 the client learns it at its first read: from the alert,
@@ -635,6 +640,21 @@ fn mutual_tls_client_certificates_are_identities_for_policy_and_audit() {
         .find(|r| r["status"] == 401 && r["tls"]["listener"] == "internal")
         .expect("the refused call");
     assert!(refused["client"].is_null(), "{refused}");
+    // A refused certificate is named in its record's reason.
+    let unknown = calls
+        .iter()
+        .find(|r| {
+            r["status"] == 403
+                && r["decision"]["reason"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("CN=stranger")
+        })
+        .expect("the unknown certificate's call");
+    assert_eq!(
+        unknown["decision"]["reason"],
+        format!("The client certificate is valid but names no client of this gateway. Certificate: CN=stranger, serial {stranger_serial}, issued by CN=Clients CA.")
+    );
     let bob = calls
         .iter()
         .find(|r| r["client"]["name"] == "bob")

@@ -415,7 +415,20 @@ impl ProxyHttp for Gateway {
         match self.authenticate(session) {
             Ok(client) => ctx.client = Some(client),
             Err(e) => {
-                let err = ClientError::auth_failed(e.status(), e.code(), e.message());
+                // A refused certificate is named, for the caller (it is its
+                // own) and for the audit record's reason.
+                let refused = matches!(
+                    e,
+                    AuthError::UnknownCertificate | AuthError::AmbiguousCertificate
+                );
+                let cert = crate::tls::listener::conn(session)
+                    .and_then(|c| c.client_cert.as_ref())
+                    .filter(|_| refused);
+                let message = match cert {
+                    Some(id) => format!("{} Certificate: {}.", e.message(), id.describe()),
+                    None => e.message().to_string(),
+                };
+                let err = ClientError::auth_failed(e.status(), e.code(), &message);
                 return self.reject(session, ctx, err).await;
             }
         }

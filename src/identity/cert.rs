@@ -80,14 +80,16 @@ impl PeerIdentity {
         id
     }
 
-    /// How logs and error messages name the certificate.
+    /// How error messages and audit reasons name the certificate: subject
+    /// CN (else the first URI or DNS SAN), serial and issuer.
     pub fn describe(&self) -> String {
-        match (&self.cn, self.uri.first(), self.dns.first()) {
-            (Some(cn), _, _) => format!("CN={cn}"),
-            (None, Some(uri), _) => format!("URI={uri}"),
-            (None, None, Some(dns)) => format!("DNS={dns}"),
-            _ => format!("serial {}", self.serial),
-        }
+        let subject = match (&self.cn, self.uri.first(), self.dns.first()) {
+            (Some(cn), _, _) => format!("CN={cn}, "),
+            (None, Some(uri), _) => format!("URI={uri}, "),
+            (None, None, Some(dns)) => format!("DNS={dns}, "),
+            _ => String::new(),
+        };
+        format!("{subject}serial {}, issued by {}", self.serial, self.issuer)
     }
 }
 
