@@ -133,7 +133,7 @@ class Modelgate:
     """modelgate on its own ports with `body` (upstreams, routes, policies,
     audit...) after the generated server/listen/admin/clients keys."""
 
-    def __init__(self, binary, body, threads=1, workdir=None):
+    def __init__(self, binary, body, threads=1, workdir=None, env=None):
         self.dir = workdir or tempfile.mkdtemp(prefix="mg-load-")
         self.port, self.admin = free_port(), free_port()
         key_hash = hashlib.sha256(CLIENT_KEY.encode()).hexdigest()
@@ -149,7 +149,7 @@ class Modelgate:
         with open(self.conf, "w") as f:
             f.write(conf)
         self.proc = spawn([binary, "-c", self.conf], os.path.join(self.dir, "gateway.log"),
-                          env={"RUST_LOG": "warn"})
+                          env={"RUST_LOG": "warn", **(env or {})})
         wait_http(f"http://127.0.0.1:{self.admin}/readyz")
 
     def metrics(self):
@@ -178,9 +178,10 @@ class Modelgate:
 
 
 def wrk_start(port, seconds, connections, threads=1, path="/v1/chat/completions", stream=False,
-              events=0, delay_ms=0, key=CLIENT_KEY, timeout=10, env=None):
-    """Starts wrk against 127.0.0.1:port (see `wrk`); `env` adds variables
-    for loadtest/wrk/request.lua. Read the summary with `wrk_summary`."""
+              events=0, delay_ms=0, key=CLIENT_KEY, timeout=10, env=None, https=False):
+    """Starts wrk against 127.0.0.1:port (see `wrk`; `https`: over TLS);
+    `env` adds variables for loadtest/wrk/request.lua. Read the summary with
+    `wrk_summary`."""
     env = {
         "MG_KEY": key,
         "MG_STREAM": "true" if stream else "false",
@@ -190,7 +191,7 @@ def wrk_start(port, seconds, connections, threads=1, path="/v1/chat/completions"
     }
     p = subprocess.Popen(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", f"{timeout}s",
-         "-s", LUA, f"http://127.0.0.1:{port}{path}"],
+         "-s", LUA, f"{'https' if https else 'http'}://127.0.0.1:{port}{path}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env},
     )
     p.deadline = seconds + timeout + 60
@@ -212,12 +213,12 @@ def wrk_summary(p):
 
 
 def wrk(port, seconds, connections, threads=1, path="/v1/chat/completions", stream=False,
-        events=0, delay_ms=0, key=CLIENT_KEY, timeout=10):
+        events=0, delay_ms=0, key=CLIENT_KEY, timeout=10, env=None, https=False):
     """Runs wrk against 127.0.0.1:port and returns its summary (requests,
     errors, latency percentiles in microseconds) as a dict. `timeout`
     (seconds): responses slower than this count as timeouts."""
     return wrk_summary(wrk_start(port, seconds, connections, threads, path, stream, events,
-                                 delay_ms, key, timeout))
+                                 delay_ms, key, timeout, env, https))
 
 
 def median(xs):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # modelgate vs nginx load test in one command, on a fresh Debian machine too:
-# installs wrk, nginx (and python3-venv, cmake... via scripts/system-deps.sh),
+# installs wrk, nginx, openssl (and python3-venv, cmake... via scripts/system-deps.sh),
 # the Python venv with loadtest/requirements.txt (matplotlib), builds the
 # release binary only if it is missing, raises the open-file limit, then runs
 # loadtest/vs_nginx.py with every argument passed through.
@@ -9,13 +9,15 @@
 #   loadtest/run.sh --quick                  smoke test (~1 minute)
 #   loadtest/run.sh --rounds 1 --seconds 5 --sweep 1,1000,10000
 #   loadtest/run.sh --workloads none --sweep 1000,5000
+#   loadtest/run.sh --workloads https,handshake  HTTPS: keep-alive and handshake rates
 #
 # Results: loadtest/results/latest.md and *.png (see loadtest/vs_nginx.py --help).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 python=${PYTHON:-python3}
 
-PYTHON=$python bash scripts/system-deps.sh wrk nginx
+# openssl: the CLI makes the HTTPS workloads' test certificate.
+PYTHON=$python bash scripts/system-deps.sh wrk nginx openssl
 
 # The same venv as `make deps` (tests/requirements.txt); a stamp file redoes the
 # install when loadtest/requirements.txt changes.

@@ -31,6 +31,18 @@ Workloads:
         of one probed stream per proxy, and a sequential probe measures time
         to first token (first `data:` event with non-empty delta.content)
         while wrk runs
+  https      json over HTTPS on kept-alive connections (TLS cost per request)
+  handshake  json over HTTPS, every request on a new connection (wrk sends
+             `Connection: close`): connections/s = full TLS handshakes/s
+
+The HTTPS workloads (not run by default) give each proxy a second, HTTPS
+listener with one certificate made for the whole run (ECDSA P-256,
+self-signed, `openssl req`): nginx's from conf/nginx-tls.conf, modelgate's a
+`listeners:` entry with its default TLS settings. Neither resumes sessions
+(both run with OPENSSL_CONF=conf/openssl-no-tickets.cnf: no TLS 1.3 session
+tickets; nginx also keeps no session cache); before each run a Python client
+checks over HTTPS that a chat request answers 200 and that a second
+connection offering the first one's session gets a full handshake.
 
 --sweep N1,N2,...: per level N and proxy, N slow SSE streams held open at
 once (200 events, 100 ms apart: ~20 s each) with wrk -c N (request.lua's
@@ -46,7 +58,8 @@ failed to start, a check failed, a run had errors, or a sweep level could
 not run or did not complete. Loopback only; every run is bounded in time.
 
 Usage: loadtest/vs_nginx.py [--rounds 3] [--seconds 10] [--connections 64]
-          [--threads 1] [--workloads json,sse] [--sweep 1,1000,10000] [--quick]
+          [--threads 1] [--workloads json,sse,https,handshake]
+          [--sweep 1,1000,10000] [--quick]
 """
 import argparse
 import atexit
@@ -61,6 +74,8 @@ import re
 import resource
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -73,6 +88,8 @@ import harness as h  # noqa: E402
 
 UPSTREAM_SECRET = "upstream-secret"
 TEMPLATE = os.path.join(h.ROOT, "conf", "nginx.conf")
+TLS_TEMPLATE = os.path.join(h.ROOT, "conf", "nginx-tls.conf")
+NO_TICKETS = os.path.join(h.ROOT, "conf", "openssl-no-tickets.cnf")
 RESULTS = os.path.join(h.ROOT, "loadtest", "results")
 KINDS = ["nginx", "pass", "full"]
 LABEL = {"nginx": "nginx", "pass": "modelgate passthrough", "full": "modelgate full"}
@@ -81,6 +98,12 @@ PII = "jane.doe@example.com"
 WORKLOADS = {
     "json": dict(stream=False, events=0, delay_ms=0),
     "sse": dict(stream=True, events=200, delay_ms=0),
+    "https": dict(stream=False, events=0, delay_ms=0, https=True),
+    "handshake": dict(stream=False, events=0, delay_ms=0, https=True, env={"MG_CLOSE": "true"}),
+}
+TITLE = {
+    "https": "https: json over TLS, kept-alive connections",
+    "handshake": "handshake: json over TLS, a new connection (full handshake) per request",
 }
 
 failures = []
@@ -150,11 +173,12 @@ class Nginx:
 
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
 
-    def __init__(self, upstream_port, workers, worker_connections=65536):
+    def __init__(self, upstream_port, workers, worker_connections=65536, tls=None):
         self.kind = "nginx"
         self.dir = tempfile.mkdtemp(prefix="nginx-load-")
         os.chmod(self.dir, 0o755)  # workers may run as another user (root -> nobody)
         self.port = h.free_port()
+        self.tls_port = tls and h.free_port()
         with open(TEMPLATE) as f:
             conf = f.read()
         values = {
@@ -162,6 +186,12 @@ class Nginx:
             "WORKER_CONNECTIONS": worker_connections, "CLIENT_KEY": h.CLIENT_KEY,
             "UPSTREAM_PORT": upstream_port, "PORT": self.port, "UPSTREAM_SECRET": UPSTREAM_SECRET,
         }
+        if tls:
+            with open(TLS_TEMPLATE) as f:
+                conf = conf.replace("{{TLS}}", f.read())
+            values.update(TLS_PORT=self.tls_port, CERT=tls.cert, KEY=tls.key)
+        else:
+            conf = conf.replace("{{TLS}}", "")
         for k, v in values.items():
             conf = conf.replace("{{" + k + "}}", str(v))
         if "{{" in conf:
@@ -173,7 +203,7 @@ class Nginx:
         _nginxes.append(self)
         self.proc = h.spawn([self.binary, "-p", self.dir + "/", "-c", self.conf,
                              "-e", os.path.join(self.dir, "error.log"), "-g", "daemon off;"],
-                            os.path.join(self.dir, "stdout.log"))
+                            os.path.join(self.dir, "stdout.log"), env=tls and {"OPENSSL_CONF": NO_TICKETS})
         end = time.time() + 20
         while True:
             if self.proc.poll() is not None:
@@ -213,7 +243,7 @@ class Nginx:
 class Gate:
     """modelgate in `pass` or `full` mode (see the module docstring)."""
 
-    def __init__(self, binary, kind, upstream_port, threads):
+    def __init__(self, binary, kind, upstream_port, threads, tls=None):
         self.kind = kind
         self.dir = tempfile.mkdtemp(prefix="mg-load-")
         body = (
@@ -221,6 +251,14 @@ class Gate:
             f"    credential: \"Bearer {UPSTREAM_SECRET}\"\n"
             f"routes:\n  - {{path_prefix: \"/\", upstream: model}}\n"
         )
+        self.tls_port, env = None, None
+        if tls:
+            # TLS settings left at their defaults; HTTP/1.1 only and no session
+            # tickets (NO_TICKETS), like nginx (see conf/nginx-tls.conf).
+            self.tls_port, env = h.free_port(), {"OPENSSL_CONF": NO_TICKETS}
+            body += (f"listeners:\n  - name: https\n    address: \"127.0.0.1:{self.tls_port}\"\n"
+                     f"    tls: {{certificates: [{{cert: \"{tls.cert}\", key: \"{tls.key}\"}}], "
+                     "http2: false}\n")
         if kind == "pass":
             body += "policies:\n  default: {mask: {response: none}}\n"
         else:
@@ -239,7 +277,7 @@ class Gate:
                 f"audit:\n  sinks:\n    - {{kind: file, path: \"{self.dir}/audit.jsonl\"}}\n"
             )
         try:
-            self.mg = h.Modelgate(binary, body, threads=threads, workdir=self.dir)
+            self.mg = h.Modelgate(binary, body, threads=threads, workdir=self.dir, env=env)
         except SystemExit:
             log(tail(os.path.join(self.dir, "gateway.log")))
             raise
@@ -280,10 +318,26 @@ class Gate:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def start(kind, args, model):
+def start(kind, args, model, tls=None):
+    """A fresh proxy of `kind`; with `tls` (a TestCert), also listening for HTTPS."""
     if kind == "nginx":
-        return Nginx(model.port, args.threads, args.nginx_worker_connections)
-    return Gate(args.bin, kind, model.port, args.threads)
+        return Nginx(model.port, args.threads, args.nginx_worker_connections, tls)
+    return Gate(args.bin, kind, model.port, args.threads, tls)
+
+
+class TestCert:
+    """One self-signed ECDSA P-256 certificate for 127.0.0.1 and localhost,
+    made with the `openssl` CLI into a directory removed at exit; every
+    proxy of the run serves it."""
+
+    def __init__(self):
+        d = tempfile.mkdtemp(prefix="tls-load-")
+        atexit.register(shutil.rmtree, d, True)
+        self.cert, self.key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", "-days", "2", "-keyout", self.key, "-out", self.cert, "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                       check=True, capture_output=True, timeout=30)
 
 
 # --------------------------------------------------------------------------
@@ -380,6 +434,36 @@ def preflight(p, model):
     return s["events"]
 
 
+def tls_check(p, tls):
+    """Two chat requests over the proxy's HTTPS port, each on a new
+    connection, the second offering the first one's session. Both must answer
+    200 and neither may be resumed, so that every connection of the load is a
+    full handshake. Returns what the client negotiated, for the report."""
+    k = LABEL[p.kind]
+    ctx = ssl.create_default_context(cafile=tls.cert)
+    body = chat_body(False).encode()
+    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+               f"Authorization: Bearer {h.CLIENT_KEY}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+    session = None
+    for attempt in (1, 2):
+        with socket.create_connection(("127.0.0.1", p.tls_port), timeout=10) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as s:
+            s.sendall(request)
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+            if not answer.startswith(b"HTTP/1.1 200 "):
+                fail(f"{k}: chat request over HTTPS answered {answer[:200]!r}")
+            if s.session_reused:
+                fail(f"{k}: HTTPS connection {attempt} resumed the session of the one before; "
+                     "the handshake workload needs full handshakes")
+            session = s.session  # read after the answer: TLS 1.3 tickets come after the handshake
+            seen = (f"{s.version()} {s.cipher()[0]}, session ticket "
+                    f"{'issued (not resumed)' if session.has_ticket else 'none'}")
+    return seen
+
+
 # --------------------------------------------------------------------------
 # Throughput runs
 
@@ -406,23 +490,33 @@ def probe_loop(port, count, span_s, out):
             out["errors"].append(repr(e))
 
 
-def one_run(kind, wl, args, model, rnd):
-    p = start(kind, args, model)
+def children_cpu():
+    """CPU seconds of this process's reaped children (wrk, once it is done)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def one_run(kind, wl, args, model, rnd, tls):
+    shape = WORKLOADS[wl]
+    p = start(kind, args, model, tls if shape.get("https") else None)
     try:
         events = preflight(p, model)
-        shape = WORKLOADS[wl]
-        h.wrk(p.port, args.warmup, args.connections, threads=args.wrk_threads, **shape)
+        port, tls_seen = p.port, None
+        if shape.get("https"):
+            port, tls_seen = p.tls_port, tls_check(p, tls)
+        h.wrk(port, args.warmup, args.connections, threads=args.wrk_threads, **shape)
         time.sleep(0.3)
         probe = {"ttft": [], "errors": []}
         t = None
         if wl == "sse":
             span = max(args.seconds - 1.5, 0.5)
             t = threading.Thread(target=probe_loop, args=(p.port, args.probes, span, probe))
-        cpu0, mcpu0 = p.cpu(), h.cpu_seconds(model.proc.pid)
+        cpu0, mcpu0, wcpu0 = p.cpu(), h.cpu_seconds(model.proc.pid), children_cpu()
         if t:
             t.start()
-        res = h.wrk(p.port, args.seconds, args.connections, threads=args.wrk_threads, **shape)
+        res = h.wrk(port, args.seconds, args.connections, threads=args.wrk_threads, **shape)
         cpu, mcpu = p.cpu() - cpu0, h.cpu_seconds(model.proc.pid) - mcpu0
+        wcpu = children_cpu() - wcpu0  # wrk, the one child reaped meanwhile
         if t:
             t.join()
         peak = p.peak_rss()
@@ -438,6 +532,7 @@ def one_run(kind, wl, args, model, rnd):
         "cpu_us": cpu / n * 1e6,
         "cpu_cores": cpu / (res["duration_us"] / 1e6),
         "model_cores": mcpu / (res["duration_us"] / 1e6),
+        "client_cores": wcpu / (res["duration_us"] / 1e6),
         "peak_mb": peak,
         "errors": errors_of(res) + len(probe["errors"]),
         "events_per_stream": events,
@@ -445,6 +540,8 @@ def one_run(kind, wl, args, model, rnd):
     if wl == "sse":
         row["eps"] = row["rps"] * events
         row["ttft"] = h.median(probe["ttft"]) if probe["ttft"] else float("nan")
+    if tls_seen:
+        row["tls"] = tls_seen
     log(f"  round {rnd} {wl:4} {LABEL[kind]:22} {row['rps']:9.0f} req/s  p99 {row['p99']:7.2f} ms  "
         f"{row['cpu_us']:7.1f} us CPU/req  {row['peak_mb']:6.1f} MB  upstream {row['model_cores']:.2f} cores  "
         f"errors {row['errors']}"
@@ -465,8 +562,10 @@ def summarize(rows):
     for k, rs in by.items():
         if not rs:
             continue
-        s = {m: h.median([r[m] for r in rs]) for m in rs[0] if m not in ("kind", "round")}
+        s = {m: h.median([r[m] for r in rs]) for m in rs[0] if m not in ("kind", "round", "tls")}
         s["errors"] = sum(r["errors"] for r in rs)
+        if "tls" in rs[0]:
+            s["tls"] = "; ".join(sorted({r["tls"] for r in rs}))
         pairs = [(r, nginx[r["round"]]) for r in rs if r["round"] in nginx]
         if pairs:
             s["rps_ratio"] = h.median([r["rps"] / n["rps"] for r, n in pairs])
@@ -479,12 +578,15 @@ def summarize(rows):
 
 
 def table(wl, summary, rounds):
-    sse = wl == "sse"
-    head = ["proxy", "req/s"] + (["events/s"] if sse else []) + [
+    sse, https = wl == "sse", WORKLOADS[wl].get("https", False)
+    per = "handshake" if wl == "handshake" else "req"
+    rate = "handshakes/s" if wl == "handshake" else "req/s"
+    head = ["proxy", rate] + (["events/s"] if sse else []) + [
         "p50 ms", "p99 ms", "p99.9 ms"] + (["TTFT p50 ms"] if sse else []) + [
-        "CPU µs/req", "CPU cores", "upstream CPU cores", "peak RSS MB", "errors",
-        "req/s vs nginx", "CPU/req vs nginx", "p99 added ms"] + (["TTFT added ms"] if sse else [])
-    lines = [f"### {wl}: median of {rounds} round(s)", "",
+        f"CPU µs/{per}", "CPU cores", "upstream CPU cores"] + (["wrk CPU cores"] if https else []) + [
+        "peak RSS MB", "errors",
+        f"{rate} vs nginx", f"CPU/{per} vs nginx", "p99 added ms"] + (["TTFT added ms"] if sse else [])
+    lines = [f"### {TITLE.get(wl, wl)}: median of {rounds} round(s)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for k in KINDS:
         s = summary.get(k)
@@ -493,8 +595,8 @@ def table(wl, summary, rounds):
         cells = [LABEL[k], f"{s['rps']:,.0f}"] + ([f"{s['eps']:,.0f}"] if sse else []) + [
             f"{s['p50']:.2f}", f"{s['p99']:.2f}", f"{s['p999']:.2f}"] + (
             [f"{s['ttft']:.2f}"] if sse else []) + [
-            f"{s['cpu_us']:.1f}", f"{s['cpu_cores']:.2f}", f"{s['model_cores']:.2f}", f"{s['peak_mb']:.1f}",
-            str(s["errors"])]
+            f"{s['cpu_us']:.1f}", f"{s['cpu_cores']:.2f}", f"{s['model_cores']:.2f}"] + (
+            [f"{s['client_cores']:.2f}"] if https else []) + [f"{s['peak_mb']:.1f}", str(s["errors"])]
         if k == "nginx" or "rps_ratio" not in s:
             cells += ["1", "1", "0"] if k == "nginx" else ["-", "-", "-"]
             cells += (["0"] if k == "nginx" else ["-"]) if sse else []
@@ -509,6 +611,23 @@ def table(wl, summary, rounds):
                   "saturates the machine, so TTFT includes queueing at whichever process is the "
                   "bottleneck (often the demo model): a proxy that slows the upstream down can show "
                   "a lower TTFT."]
+    if any("tls" in s for s in summary.values()):
+        seen = "; ".join(f"{LABEL[k]}: {s['tls']}" for k, s in summary.items())
+        lines += ["", "Both proxies serve one self-signed ECDSA P-256 certificate on an HTTPS listener: "
+                  "nginx conf/nginx-tls.conf, modelgate `listeners:` with its default TLS settings and "
+                  "`http2: false`. No session resumption on either: both run with "
+                  "OPENSSL_CONF=conf/openssl-no-tickets.cnf (no TLS 1.3 session tickets), nginx "
+                  "also with `ssl_session_cache off` and `ssl_session_tickets off`; checked before "
+                  "every run by a second connection offering the first one's session. What that "
+                  f"Python client negotiated: {seen}."]
+    if wl == "handshake":
+        lines += ["", "wrk sends `Connection: close`: the proxy closes each connection after its answer "
+                  "and wrk opens a new one, so every request costs a TCP connect and a full TLS "
+                  "handshake, and CPU µs/handshake is the proxy's whole cost of one such call. "
+                  "wrk's latency starts at the request's first byte: it leaves out connect and handshake. "
+                  "wrk's own handshakes cost it about as much CPU as the proxy's: when wrk CPU cores is "
+                  "near its thread count (--wrk-threads), wrk limits handshakes/s, and CPU/handshake is "
+                  "the comparison."]
     return "\n".join(lines)
 
 
@@ -749,7 +868,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="modelgate threads = nginx worker processes")
     ap.add_argument("--wrk-threads", type=int, default=1)
     ap.add_argument("--model-threads", type=int, default=1, help="demo model threads")
-    ap.add_argument("--workloads", default="json,sse", help="comma-separated: json, sse; 'none' for none")
+    ap.add_argument("--workloads", default="json,sse",
+                    help="comma-separated: json, sse, https, handshake; 'none' for none")
     ap.add_argument("--probes", type=int, default=30, help="TTFT probe streams per sse run")
     ap.add_argument("--sweep", default="", help="open-stream levels, e.g. 1,1000,10000 (default: no sweep)")
     ap.add_argument("--sweep-events", type=int, default=200)
@@ -772,9 +892,10 @@ def main():
     levels = [max(int(x) // args.wrk_threads, 1) * args.wrk_threads for x in args.sweep.split(",") if x.strip()]
     if not os.path.exists(args.bin):
         sys.exit(f"{args.bin} missing: run `cargo build --release` (loadtest/run.sh does)")
-    for tool in ("wrk", Nginx.binary):
+    https = any(WORKLOADS[w].get("https") for w in workloads)
+    for tool in ("wrk", Nginx.binary) + (("openssl",) if https else ()):
         if not shutil.which(tool):
-            sys.exit(f"{tool} not found: run loadtest/run.sh (installs wrk and nginx)")
+            sys.exit(f"{tool} not found: run loadtest/run.sh (installs wrk, nginx and openssl)")
     if levels and args.quick:  # short streams, just long enough to open and measure
         need_s = max(levels) / args.sweep_ramp + 4 + args.sweep_window
         args.sweep_events = max(args.sweep_events, int(need_s * 1000 / args.sweep_delay_ms) + 1)
@@ -794,6 +915,7 @@ def main():
     atexit.register(shutil.rmtree, bindir, True)
     args.bin = shutil.copy2(args.bin, os.path.join(bindir, "modelgate"))
 
+    tls = TestCert() if https else None
     model = h.DemoModel(args.bin, threads=args.model_threads)
     log(f"demo model on :{model.port}; RLIMIT_NOFILE {nofile_limit()}")
     summaries = {}
@@ -802,7 +924,7 @@ def main():
         for rnd in range(1, args.rounds + 1):
             i = (rnd - 1) % len(KINDS)
             for kind in KINDS[i:] + KINDS[:i]:
-                rows.append(one_run(kind, wl, args, model, rnd))
+                rows.append(one_run(kind, wl, args, model, rnd, tls))
         summaries[wl] = summarize(rows)
         print("\n" + table(wl, summaries[wl], args.rounds) + "\n", flush=True)
 

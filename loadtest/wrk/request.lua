@@ -16,6 +16,10 @@
 --   MG_CLOSE     "true": send `Connection: close`, so the socket of a finished
 --                stream closes (the harness watches for that) and wrk's new
 --                connection stays parked
+--
+-- MG_CLOSE without MG_STREAMS (vs_nginx.py's handshake workload): the proxy
+-- closes every connection after its answer and wrk reconnects, so over
+-- https:// every request costs a new TLS handshake.
 
 local key = os.getenv("MG_KEY") or "load-test-key"
 local stream = os.getenv("MG_STREAM") or "false"
