@@ -34,7 +34,10 @@ pub struct Doc {
 /// `http://host:port[/base]` → (`host:port`, host, base path without trailing `/`).
 pub fn parse_url(url: &str) -> Result<(String, String, String), String> {
     let rest = url.strip_prefix("http://").ok_or_else(|| {
-        format!("`{url}` must start with http:// (HTTPS to collectors comes with TLS support)")
+        format!(
+            "`{url}` must start with http://: the Elasticsearch sink speaks plain HTTP \
+             (for HTTPS, put a TLS-terminating proxy next to the gateway)"
+        )
     })?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
