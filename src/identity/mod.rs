@@ -196,8 +196,9 @@ impl ClientRegistry {
         self.entries.is_empty()
     }
 
-    /// The client a verified certificate names: the first `clients[]` entry
-    /// whose `cert` matches. The certificate itself rides along for audit.
+    /// The client a certificate verified on `listener` names: the one
+    /// `clients[]` entry whose `cert` matches there (none: unknown; two or
+    /// more: ambiguous). The certificate itself rides along for audit.
     pub fn authenticate_cert(
         &self,
         id: &Arc<PeerIdentity>,

@@ -41,7 +41,8 @@ impl MaskRules {
         self.detector.names().len()
     }
 
-    /// Masks a complete text (no streaming): same result as push + finish.
+    /// Masks a complete text (no streaming): the result of push + finish,
+    /// except that the holdback bound never forces text out unmasked.
     pub fn mask_all(&self, text: &str, counts: &mut [u32]) -> String {
         let mut out = String::with_capacity(text.len());
         if text.is_empty() {
