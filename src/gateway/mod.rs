@@ -210,18 +210,27 @@ impl Gateway {
 
     /// Who is calling: a verified client certificate when the connection
     /// has one, else the request's key or token. A listener that requires a
-    /// certificate accepts nothing else.
+    /// certificate accepts nothing else. A refused certificate is named in
+    /// the error, for the caller (it is its own) and the audit reason.
     fn authenticate(
         &self,
-        session: &Session,
-    ) -> std::result::Result<Arc<crate::identity::Client>, AuthError> {
-        match crate::tls::listener::conn(session) {
-            Some(c) => match &c.client_cert {
-                Some(id) => self.clients.authenticate_cert(id, &c.info.listener),
-                None if c.client_cert_required => Err(AuthError::CertificateRequired),
-                None => self.clients.authenticate(&session.req_header().headers),
-            },
-            None => self.clients.authenticate(&session.req_header().headers),
+        conn: Option<&crate::tls::listener::TlsConn>,
+        headers: &http::HeaderMap,
+    ) -> std::result::Result<Arc<crate::identity::Client>, ClientError> {
+        let refuse = |e: AuthError| ClientError::auth_failed(e.status(), e.code(), e.message());
+        let Some(c) = conn else {
+            return self.clients.authenticate(headers).map_err(refuse);
+        };
+        match &c.client_cert {
+            Some(id) => self
+                .clients
+                .authenticate_cert(id, &c.info.listener)
+                .map_err(|e| {
+                    let message = format!("{} Certificate: {}.", e.message(), id.describe());
+                    ClientError::auth_failed(e.status(), e.code(), &message)
+                }),
+            None if c.client_cert_required => Err(refuse(AuthError::CertificateRequired)),
+            None => self.clients.authenticate(headers).map_err(refuse),
         }
     }
 
@@ -405,32 +414,21 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         self.metrics.in_flight.inc();
         ctx.in_flight = true;
-        ctx.tls = crate::tls::listener::conn(session).map(|c| c.info.clone());
+        // The connection's TLS facts, and who is calling (answered below,
+        // once the audit slot is taken).
+        let auth = {
+            let conn = crate::tls::listener::conn(session);
+            ctx.tls = conn.map(|c| c.info.clone());
+            self.authenticate(conn, &session.req_header().headers)
+        };
         // Room for this call's final record, whatever happens next.
         match self.audit_slot(ctx).await {
             Ok(slot) => ctx.audit_slot = slot,
             Err(err) => return self.reject(session, ctx, err).await,
         }
-
-        match self.authenticate(session) {
+        match auth {
             Ok(client) => ctx.client = Some(client),
-            Err(e) => {
-                // A refused certificate is named, for the caller (it is its
-                // own) and for the audit record's reason.
-                let refused = matches!(
-                    e,
-                    AuthError::UnknownCertificate | AuthError::AmbiguousCertificate
-                );
-                let cert = crate::tls::listener::conn(session)
-                    .and_then(|c| c.client_cert.as_ref())
-                    .filter(|_| refused);
-                let message = match cert {
-                    Some(id) => format!("{} Certificate: {}.", e.message(), id.describe()),
-                    None => e.message().to_string(),
-                };
-                let err = ClientError::auth_failed(e.status(), e.code(), &message);
-                return self.reject(session, ctx, err).await;
-            }
+            Err(err) => return self.reject(session, ctx, err).await,
         }
 
         let req = session.req_header();
