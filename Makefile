@@ -42,6 +42,7 @@ test: deps
 	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error # playwright-core drives Debian's chromium
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	scripts/check-monitoring.sh # the Grafana dashboard and Prometheus rules (promtool)
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
 	$(MAKE) fuzz-smoke

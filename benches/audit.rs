@@ -54,6 +54,7 @@ fn outcome(content_type: &str, bytes: &[u8]) -> Outcome {
         content_type: content_type.into(),
         response,
         ttfb: Some(Duration::from_millis(12)),
+        ttft: Some(Duration::from_millis(15)),
         duration: Duration::from_millis(340),
         decision: Decision {
             action: "allow",

@@ -37,6 +37,7 @@ pub struct Services {
     h2c: bool,
     reload: Option<CertReload>,
     warnings: Vec<String>,
+    models_watch: Option<crate::drift::models::ModelsWatch>,
 }
 
 impl Services {
@@ -53,6 +54,7 @@ impl Services {
             approvals,
             clients,
             mut warnings,
+            models_watch,
         } = Gateway::build(config, metrics.clone())?;
         let mut listeners = Vec::new();
         let mut watched = Vec::new();
@@ -104,6 +106,7 @@ impl Services {
             approvals,
             clients,
             metrics,
+            models_watch,
         })
     }
 
@@ -173,6 +176,12 @@ impl Services {
             server.add_service(pingora_core::services::background::background_service(
                 "modelgate approvals",
                 ApprovalsService(approvals),
+            ));
+        }
+        if let Some(watch) = self.models_watch {
+            server.add_service(pingora_core::services::background::background_service(
+                "modelgate model-list watch",
+                watch,
             ));
         }
         match self.audit_writer {

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod config;
 pub mod credentials;
 pub mod demo;
+pub mod drift;
 pub mod errors;
 pub mod gateway;
 pub mod identity;

@@ -66,6 +66,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Drift detection tools.
+    Drift {
+        #[command(subcommand)]
+        command: DriftCommand,
+    },
     /// Print the SHA-256 of a client key, for `clients[].key_sha256`.
     /// Reads the key from standard input when not given.
     HashKey { key: Option<String> },
@@ -107,6 +112,25 @@ enum AuditCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum DriftCommand {
+    /// Write a drift baseline file from audit files: the newest forwarded
+    /// calls of each route and model. With `-c`, the config's `drift:`
+    /// settings (refusal phrases, models per route) and masking entities
+    /// apply; without, the defaults.
+    Baseline {
+        /// The audit files (current and rotated, any order).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Where to write the baseline file (e.g. `drift.baseline_file`).
+        #[arg(long)]
+        out: PathBuf,
+        /// Calls per route and model (default: `drift.baseline_calls`, 500).
+        #[arg(long)]
+        last: Option<usize>,
+    },
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
@@ -120,6 +144,14 @@ fn main() -> ExitCode {
                     ref key_file,
                 },
         }) => audit_verify(files, key_env.as_deref(), key_file.as_deref()),
+        Some(Command::Drift {
+            command:
+                DriftCommand::Baseline {
+                    ref files,
+                    ref out,
+                    last,
+                },
+        }) => drift_baseline(cli.conf.as_deref(), files, out, last),
         Some(Command::Demo {
             ref listen,
             ref admin,
@@ -292,6 +324,64 @@ fn audit_verify(files: &[PathBuf], key_env: Option<&str>, key_file: Option<&Path
             ExitCode::FAILURE
         }
     }
+}
+
+fn drift_baseline(
+    conf: Option<&Path>,
+    files: &[PathBuf],
+    out: &Path,
+    last: Option<usize>,
+) -> ExitCode {
+    let (cfg, rules) = match conf {
+        Some(path) => {
+            let config = match config::load_file(path) {
+                Ok(c) => c,
+                Err(e) => return fail(&e.to_string()),
+            };
+            let masks = match modelgate::mask::MaskEngine::build(&config) {
+                Ok(m) => m,
+                Err(e) => return fail(&e.to_string()),
+            };
+            let drift = config.drift.clone().unwrap_or_else(default_drift);
+            (drift, masks.audit_rules())
+        }
+        None => {
+            let config = match config::load_str(
+                "listen: [\"127.0.0.1:1\"]\nupstreams: {u: {hosts: [\"127.0.0.1:1\"]}}\nroutes: [{upstream: u}]\n",
+                &|_| None,
+            ) {
+                Ok(c) => c,
+                Err(e) => return fail(&e.to_string()),
+            };
+            let masks = modelgate::mask::MaskEngine::build(&config).expect("defaults build");
+            (default_drift(), masks.audit_rules())
+        }
+    };
+    let last = last.unwrap_or(cfg.baseline_calls);
+    match modelgate::drift::baseline_from_audit(&cfg, rules, files, last) {
+        Ok((file, report)) => {
+            for line in &report {
+                eprintln!("modelgate: {line}");
+            }
+            if file.baselines.is_empty() {
+                return fail("no route and model had enough forwarded calls; nothing written");
+            }
+            if let Err(e) = file.save(out) {
+                return fail(&e);
+            }
+            println!(
+                "wrote {} baseline(s) to {}",
+                file.baselines.len(),
+                out.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn default_drift() -> modelgate::drift::DriftConfig {
+    serde_yaml::from_str("{}").expect("defaults parse")
 }
 
 fn hash_key(key: Option<String>) -> ExitCode {

@@ -5,8 +5,8 @@
 //! `status` an HTTP status code, `listener` a configured listener name.
 
 use prometheus::{
-    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -63,6 +63,21 @@ pub struct Metrics {
     pub tls_cert_expiry: IntGaugeVec,
     /// Certificate reloads, by listener and result (`ok`, `error`).
     pub tls_reloads: IntCounterVec,
+    /// Latest drift score (population stability index) by route, model and
+    /// signal. `model` is bounded by `drift.max_models_per_route`.
+    pub drift_score: GaugeVec,
+    /// 1 while a signal's drift alert is firing.
+    pub drift_alerting: IntGaugeVec,
+    /// Drift alerts raised, by route, model and signal.
+    pub drift_alerts: IntCounterVec,
+    /// Calls in the baseline of each route and model (0 while learning).
+    pub drift_baseline_calls: IntGaugeVec,
+    /// New `model` / `system_fingerprint` values in answers, by field.
+    pub drift_fingerprint_changes: IntCounterVec,
+    /// Changes of an upstream host's model list.
+    pub upstream_models_changes: IntCounterVec,
+    /// Model-list fetches that failed.
+    pub upstream_models_check_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -213,8 +228,66 @@ impl Metrics {
             &["listener", "result"],
         )
         .unwrap();
+        let rmsig = ["route", "model", "signal"];
+        let drift_score = GaugeVec::new(
+            Opts::new(
+                "drift_score",
+                "Drift score (population stability index) of the recent window against the baseline",
+            ),
+            &rmsig,
+        )
+        .unwrap();
+        let drift_alerting = IntGaugeVec::new(
+            Opts::new("drift_alerting", "1 while a drift alert is firing"),
+            &rmsig,
+        )
+        .unwrap();
+        let drift_alerts = IntCounterVec::new(
+            Opts::new("drift_alerts_total", "Drift alerts raised"),
+            &rmsig,
+        )
+        .unwrap();
+        let drift_baseline_calls = IntGaugeVec::new(
+            Opts::new(
+                "drift_baseline_calls",
+                "Calls in the drift baseline of a route and model",
+            ),
+            &["route", "model"],
+        )
+        .unwrap();
+        let drift_fingerprint_changes = IntCounterVec::new(
+            Opts::new(
+                "drift_fingerprint_changes_total",
+                "New model or system_fingerprint values in answers",
+            ),
+            &["route", "model", "field"],
+        )
+        .unwrap();
+        let upstream_models_changes = IntCounterVec::new(
+            Opts::new(
+                "upstream_models_changes_total",
+                "Changes of an upstream host's model list",
+            ),
+            &["upstream", "host"],
+        )
+        .unwrap();
+        let upstream_models_check_errors = IntCounterVec::new(
+            Opts::new(
+                "upstream_models_check_errors_total",
+                "Model-list fetches that failed",
+            ),
+            &["upstream", "host"],
+        )
+        .unwrap();
         for c in [
             Box::new(tls_handshakes.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(drift_score.clone()),
+            Box::new(drift_alerting.clone()),
+            Box::new(drift_alerts.clone()),
+            Box::new(drift_baseline_calls.clone()),
+            Box::new(drift_fingerprint_changes.clone()),
+            Box::new(upstream_models_changes.clone()),
+            Box::new(upstream_models_check_errors.clone()),
             Box::new(tls_client_cert_refused.clone()),
             Box::new(tls_cert_expiry.clone()),
             Box::new(tls_reloads.clone()),
@@ -267,6 +340,13 @@ impl Metrics {
             tls_client_cert_refused,
             tls_cert_expiry,
             tls_reloads,
+            drift_score,
+            drift_alerting,
+            drift_alerts,
+            drift_baseline_calls,
+            drift_fingerprint_changes,
+            upstream_models_changes,
+            upstream_models_check_errors,
         }
     }
 

@@ -125,7 +125,12 @@ impl WebhookConfig {
     /// [`Notifier::start`] calls this; config validation may call it earlier.
     /// Messages never contain the URL.
     pub fn validate(&self) -> Result<(), String> {
-        let at = |key: &str, msg: &str| format!("{KEY_PATH}.{key}: {msg}");
+        self.validate_at(KEY_PATH)
+    }
+
+    /// As [`WebhookConfig::validate`], for the block at `key_path`.
+    pub fn validate_at(&self, key_path: &str) -> Result<(), String> {
+        let at = |key: &str, msg: &str| format!("{key_path}.{key}: {msg}");
         parse_url(&self.url).map_err(|e| at("url", &e))?;
         if self.timeout.is_zero() || self.timeout > MAX_TIMEOUT {
             return Err(at("timeout", "must be more than 0s and at most 5m"));
@@ -192,11 +197,18 @@ pub struct Notice {
     pub console_url: Option<String>,
 }
 
+/// One payload on the queue: what it is about (for logs) and the JSON.
+struct Message {
+    /// E.g. `approval apr_…` or `drift alert chat/llama refusal`.
+    subject: String,
+    payload: Value,
+}
+
 /// Sends notices to the webhook. A cheap handle: clone it freely; the sender
 /// task ends once every clone is dropped (see the module doc).
 #[derive(Clone)]
 pub struct Notifier {
-    queue: mpsc::Sender<Notice>,
+    queue: mpsc::Sender<Message>,
     stats: Arc<Stats>,
 }
 
@@ -224,11 +236,17 @@ impl Notifier {
     /// Spawns the sender task on the current tokio runtime; returns the
     /// handle. Fails on an invalid config or outside a tokio runtime.
     pub fn start(cfg: &WebhookConfig) -> Result<Notifier, String> {
-        cfg.validate()?;
+        Notifier::start_at(cfg, KEY_PATH, "approval")
+    }
+
+    /// As [`Notifier::start`], for the webhook block at `key_path` (named in
+    /// errors); `what` names the notifications in logs.
+    pub fn start_at(cfg: &WebhookConfig, key_path: &str, what: &str) -> Result<Notifier, String> {
+        cfg.validate_at(key_path)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            format!("{KEY_PATH}: cannot start notifications outside a tokio runtime")
+            format!("{key_path}: cannot start notifications outside a tokio runtime")
         })?;
-        let url = parse_url(&cfg.url).map_err(|e| format!("{KEY_PATH}.url: {e}"))?;
+        let url = parse_url(&cfg.url).map_err(|e| format!("{key_path}.url: {e}"))?;
         let client = reqwest::Client::builder()
             .timeout(cfg.timeout)
             // A redirected POST may turn into a GET, and would take the
@@ -236,7 +254,7 @@ impl Notifier {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("modelgate/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("{KEY_PATH}: cannot build an HTTP client: {e}"))?;
+            .map_err(|e| format!("{key_path}: cannot build an HTTP client: {e}"))?;
         let stats = Arc::new(Stats::default());
         let sender = Arc::new(Sender {
             client,
@@ -248,7 +266,7 @@ impl Notifier {
             stats: stats.clone(),
         });
         log::info!(
-            "approval notifications: webhook {} (up to {} attempts per notice)",
+            "{what} notifications: webhook {} (up to {} attempts per notice)",
             sender.shown,
             cfg.max_attempts
         );
@@ -261,11 +279,18 @@ impl Notifier {
     /// dropped and counted in [`Notifier::dropped`] (with a warning at most
     /// every 10 s).
     pub fn notify(&self, notice: Notice) {
-        let (notice, why) = match self.queue.try_send(notice) {
+        self.send(format!("approval {}", notice.id), slack_payload(&notice));
+    }
+
+    /// As [`Notifier::notify`], for a payload built by the caller; `subject`
+    /// names it in logs (never put a secret there).
+    pub fn send(&self, subject: String, payload: Value) {
+        let message = Message { subject, payload };
+        let (message, why) = match self.queue.try_send(message) {
             Ok(()) => return,
-            Err(TrySendError::Full(notice)) => (notice, "the queue is full"),
+            Err(TrySendError::Full(m)) => (m, "the queue is full"),
             // Only when the runtime is shutting down.
-            Err(TrySendError::Closed(notice)) => (notice, "the sender task has stopped"),
+            Err(TrySendError::Closed(m)) => (m, "the sender task has stopped"),
         };
         let dropped = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
         let now = SystemTime::now()
@@ -280,9 +305,9 @@ impl Notifier {
                 .is_ok()
         {
             log::warn!(
-                "approval {}: webhook notification dropped: {why} ({dropped} dropped so far; \
+                "{}: webhook notification dropped: {why} ({dropped} dropped so far; \
                  next warning in {WARN_EVERY_SECS}s at the earliest)",
-                notice.id
+                message.subject
             );
         }
     }
@@ -312,7 +337,7 @@ impl Notifier {
 /// The sender task: takes notices off the queue as delivery slots free up.
 /// Returns once every [`Notifier`] is dropped and the queue is empty;
 /// deliveries already started run to their end.
-async fn dispatch(sender: Arc<Sender>, mut queue: mpsc::Receiver<Notice>) {
+async fn dispatch(sender: Arc<Sender>, mut queue: mpsc::Receiver<Message>) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
         // The slot first, so that a notice waiting for one still counts
@@ -320,12 +345,12 @@ async fn dispatch(sender: Arc<Sender>, mut queue: mpsc::Receiver<Notice>) {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Some(notice) = queue.recv().await else {
+        let Some(message) = queue.recv().await else {
             return;
         };
         let sender = sender.clone();
         tokio::spawn(async move {
-            sender.deliver(notice).await;
+            sender.deliver(message).await;
             drop(slot);
         });
     }
@@ -355,14 +380,14 @@ enum Attempt {
 }
 
 impl Sender {
-    async fn deliver(&self, notice: Notice) {
-        let id = &notice.id;
-        let body = match serde_json::to_vec(&slack_payload(&notice)) {
+    async fn deliver(&self, message: Message) {
+        let id = &message.subject;
+        let body = match serde_json::to_vec(&message.payload) {
             Ok(body) => body,
             Err(e) => {
                 // Not expected: a `Value` always serialises.
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                log::warn!("approval {id}: cannot serialise the webhook payload: {e}");
+                log::warn!("{id}: cannot serialise the webhook payload: {e}");
                 return;
             }
         };
@@ -372,7 +397,7 @@ impl Sender {
                 Attempt::Delivered => {
                     self.stats.sent.fetch_add(1, Ordering::Relaxed);
                     log::debug!(
-                        "approval {id}: webhook notification delivered to {} (attempt {attempt})",
+                        "{id}: webhook notification delivered to {} (attempt {attempt})",
                         self.shown
                     );
                     return;
@@ -380,7 +405,7 @@ impl Sender {
                 Attempt::Final(why) => {
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
                     log::warn!(
-                        "approval {id}: webhook {} refused the notification ({why}); not retrying",
+                        "{id}: webhook {} refused the notification ({why}); not retrying",
                         self.shown
                     );
                     return;
@@ -389,7 +414,7 @@ impl Sender {
                     if attempt >= self.max_attempts {
                         self.stats.failed.fetch_add(1, Ordering::Relaxed);
                         log::warn!(
-                            "approval {id}: webhook notification to {} failed after {attempt} \
+                            "{id}: webhook notification to {} failed after {attempt} \
                              attempt(s); last: {why}",
                             self.shown
                         );
@@ -397,7 +422,7 @@ impl Sender {
                     }
                     let delay = retry_delay(self.backoff, attempt, retry_after);
                     log::debug!(
-                        "approval {id}: webhook notification to {} failed ({why}); \
+                        "{id}: webhook notification to {} failed ({why}); \
                          retrying in {}",
                         self.shown,
                         humantime::format_duration(delay)
@@ -570,6 +595,27 @@ pub fn slack_payload(n: &Notice) -> Value {
         }));
     }
     json!({"text": text, "blocks": blocks})
+}
+
+/// A Slack payload for a short alert: `text` (the fallback line) as a
+/// header-less section, then `fields` as name/value pairs. Values are
+/// escaped and cut like an approval notice's.
+pub fn alert_payload(title: &str, text: &str, fields: &[(&str, String)]) -> Value {
+    let fields: Vec<Value> = fields
+        .iter()
+        .map(
+            |(name, value)| json!({"type": "mrkdwn", "text": format!("*{name}*\n{}", code(value))}),
+        )
+        .collect();
+    let text = escape(&one_line(text), MAX_REASON_CHARS);
+    json!({
+        "text": text,
+        "blocks": [
+            {"type": "header", "text": {"type": "plain_text", "text": title}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+            {"type": "section", "fields": fields},
+        ],
+    })
 }
 
 /// A value as inline code on one line: `` `alice` ``, or `_empty_`.

@@ -82,6 +82,8 @@ pub struct Outcome {
     pub content_type: String,
     pub response: Capture,
     pub ttfb: Option<Duration>,
+    /// Request start to the first response body byte sent.
+    pub ttft: Option<Duration>,
     pub duration: Duration,
     pub decision: Decision,
     pub error: Option<ErrorInfo>,
@@ -99,6 +101,8 @@ pub enum Entry {
     End(Arc<Call>, Box<Outcome>),
     /// A step of an approval request (requested, approved, denied, expired, used).
     Approval(Box<ApprovalStep>),
+    /// A `drift_alert` record, whole (made by `crate::drift`).
+    Drift(Box<serde_json::Value>),
 }
 
 /// One step of an approval request, as the audit trail records it.
@@ -130,6 +134,8 @@ pub struct Capture {
     tail: Vec<u8>,
     limit: usize,
     total: u64,
+    /// When the first bytes were pushed.
+    first: Option<std::time::Instant>,
 }
 
 impl Capture {
@@ -141,6 +147,9 @@ impl Capture {
     }
 
     pub fn push(&mut self, chunk: &[u8]) {
+        if self.first.is_none() && !chunk.is_empty() {
+            self.first = Some(std::time::Instant::now());
+        }
         self.total += chunk.len() as u64;
         let room = self.limit - self.head.len();
         if chunk.len() <= room {
@@ -152,6 +161,11 @@ impl Capture {
         if self.tail.len() > 2 * TAIL {
             self.tail.drain(..self.tail.len() - TAIL);
         }
+    }
+
+    /// When the first body bytes went to the client.
+    pub fn first_byte(&self) -> Option<std::time::Instant> {
+        self.first
     }
 
     /// Bytes sent in all.
@@ -246,6 +260,8 @@ struct EndJson<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a ErrorInfo>,
     ttfb_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttft_ms: Option<f64>,
     duration_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     usage: Option<&'a super::reassemble::Usage>,
@@ -282,13 +298,16 @@ impl Encoder {
         }
     }
 
-    /// The JSON object of a queued record.
-    pub fn encode(&self, entry: &Entry, out: &mut Vec<u8>) {
+    /// The JSON object of a queued record; for a call's final record, also
+    /// its answer as reassembled.
+    pub fn encode(&self, entry: &Entry, out: &mut Vec<u8>) -> Option<Reassembled> {
         match entry {
             Entry::Begin(call) => self.begin(call, out),
-            Entry::End(call, outcome) => self.end(call, outcome, out),
+            Entry::End(call, outcome) => return Some(self.end(call, outcome, out)),
             Entry::Approval(step) => self.approval(step, out),
+            Entry::Drift(record) => serde_json::to_writer(out, record).expect("records serialise"),
         }
+        None
     }
 
     /// `{"kind":"approval","event":...,"id":<approval id>,...}`.
@@ -338,7 +357,8 @@ impl Encoder {
         serde_json::to_writer(out, &rec).expect("records serialise");
     }
 
-    pub fn end(&self, call: &Call, o: &Outcome, out: &mut Vec<u8>) {
+    /// Also returns the answer as reassembled (for drift statistics).
+    pub fn end(&self, call: &Call, o: &Outcome, out: &mut Vec<u8>) -> Reassembled {
         let r = if self.bodies == BodyMode::None && o.response.tail.is_empty() {
             // Usage and metadata still come from the body.
             reassemble(&o.content_type, &o.response.head, &[])
@@ -352,6 +372,7 @@ impl Encoder {
             decision: &o.decision,
             error: o.error.as_ref(),
             ttfb_ms: o.ttfb.map(millis),
+            ttft_ms: o.ttft.map(millis),
             duration_ms: millis(o.duration),
             usage: r.usage.as_ref(),
             finish_reason: r.finish_reason.as_deref(),
@@ -365,6 +386,7 @@ impl Encoder {
             response: self.response(o, &r),
         };
         serde_json::to_writer(out, &rec).expect("records serialise");
+        r
     }
 
     fn stored(&self) -> &'static str {

@@ -56,6 +56,8 @@ struct State {
     metrics: Arc<Metrics>,
     /// Set once the files are locked and open.
     live: Option<Live>,
+    /// Fed every forwarded call's answer, when `drift` is configured.
+    drift: Option<crate::drift::Drift>,
 }
 
 struct Live {
@@ -123,8 +125,17 @@ impl AuditWriter {
                 health,
                 metrics,
                 live: None,
+                drift: None,
             })),
         })
+    }
+
+    /// Feeds each call's reassembled answer to `drift`, and writes the
+    /// alerts it raises into the trail.
+    pub fn set_drift(&self, drift: crate::drift::Drift) {
+        if let Some(state) = self.state.lock().expect("not poisoned").as_mut() {
+            state.drift = Some(drift);
+        }
     }
 }
 
@@ -248,10 +259,22 @@ impl State {
         let first = live.chain.seq + 1;
         for entry in entries.drain(..) {
             live.object.clear();
-            self.encoder.encode(&entry, &mut live.object);
+            let answer = self.encoder.encode(&entry, &mut live.object);
             let start = live.buf.len();
             let hash = live.chain.seal(&live.object, &mut live.buf);
             live.docs.push((start, live.buf.len() - 1, hash));
+            let (Some(drift), Some(answer), Entry::End(call, outcome)) =
+                (self.drift.as_mut(), answer, &entry)
+            else {
+                continue;
+            };
+            for alert in drift.observe(call, outcome, &answer) {
+                live.object.clear();
+                serde_json::to_writer(&mut live.object, &alert).expect("json serialises");
+                let start = live.buf.len();
+                let hash = live.chain.seal(&live.object, &mut live.buf);
+                live.docs.push((start, live.buf.len() - 1, hash));
+            }
         }
         self.flush(first).await;
         self.set_depth_metric();

@@ -65,6 +65,9 @@ pub struct Config {
     /// store (memory or Redis), time limits, webhook.
     #[serde(default)]
     pub approval: Option<crate::approval::ApprovalConfig>,
+    /// Drift detection over the answers (needs `audit`).
+    #[serde(default)]
+    pub drift: Option<crate::drift::DriftConfig>,
 }
 
 #[derive(Debug, Deserialize)]

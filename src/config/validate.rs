@@ -282,7 +282,16 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
             }
         }
     }
-    crate::mask::MaskEngine::build(c)?;
+    let masks = crate::mask::MaskEngine::build(c)?;
+    if let Some(d) = &c.drift {
+        d.validate(masks.audit_rules().detector.names())?;
+    }
+    if c.drift.is_some() && c.audit.is_none() {
+        return Err(ConfigError::at(
+            "drift",
+            "needs `audit:` (drift reads the answers the audit writer reassembles, and its alerts are audit records)",
+        ));
+    }
     if let Some(audit) = &c.audit {
         validate_audit(audit)?;
     }

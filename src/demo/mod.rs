@@ -16,7 +16,10 @@
 //! including the request body. Streams are real: one flushed write per event, with a
 //! delay between events. Test knobs are request headers: `x-demo-delay-ms` (delay between
 //! events, default 20), `x-demo-events` (answer with that many `"tok "` pieces instead of
-//! the canned answer), `x-demo-status` (answer with that error status instead).
+//! the canned answer), `x-demo-text` (answer with this text instead),
+//! `x-demo-fingerprint` (the `system_fingerprint` to report), `x-demo-status` (answer
+//! with that error status instead). `PUT /__models` with a JSON array of ids replaces
+//! the `GET /v1/models` list (a model swapped on the host).
 //!
 //! This is not a production model server: the answer is canned (and deliberately
 //! contains PII so redaction can be demonstrated), token counts are word counts.
@@ -62,6 +65,8 @@ const PIECE_CHARS: usize = 4;
 /// The demo model application. Cheap to construct; one per listening service.
 pub struct DemoModel {
     name: String,
+    /// What `GET /v1/models` lists.
+    models: Mutex<Vec<String>>,
     requests: Mutex<VecDeque<Value>>,
     next_id: AtomicU64,
 }
@@ -93,6 +98,7 @@ impl DemoModel {
     pub fn new(name: &str) -> Self {
         DemoModel {
             name: name.to_string(),
+            models: Mutex::new(MODELS.map(String::from).to_vec()),
             requests: Mutex::new(VecDeque::with_capacity(LOG_CAPACITY)),
             next_id: AtomicU64::new(1),
         }
@@ -226,8 +232,22 @@ impl DemoModel {
         }
         let endpoint = match (method.as_str(), path.as_str()) {
             ("GET", "/health") => return self.send_json(s, 200, &json!({"status": "ok"})).await,
+            ("PUT", "/__models") => {
+                let ids: Option<Vec<String>> = parsed.and_then(|v| serde_json::from_value(v).ok());
+                let Some(ids) = ids else {
+                    let msg = "expected a JSON array of model ids";
+                    return self.send_json(s, 400, &error_body(400, msg)).await;
+                };
+                *self.models.lock().unwrap_or_else(|e| e.into_inner()) = ids.clone();
+                return self.send_json(s, 200, &json!({ "models": ids })).await;
+            }
             ("GET", "/v1/models") => {
-                let data: Vec<Value> = MODELS
+                let models = self
+                    .models
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                let data: Vec<Value> = models
                     .iter()
                     .map(|id| json!({"id": id, "object": "model", "owned_by": "modelgate"}))
                     .collect();
@@ -249,15 +269,24 @@ impl DemoModel {
             let msg = "We could not parse the JSON body of your request.";
             return self.send_json(s, 400, &error_body(400, msg)).await;
         };
-        let pieces = match events {
-            Some(n) => vec!["tok ".to_string(); n as usize],
-            None => split_answer(ANSWER),
+        let text_header = |name: &str| {
+            s.req_header()
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
         };
+        let pieces = match (events, text_header("x-demo-text")) {
+            (Some(n), _) => vec!["tok ".to_string(); n as usize],
+            (None, Some(text)) => split_answer(&text),
+            (None, None) => split_answer(ANSWER),
+        };
+        let fingerprint = text_header("x-demo-fingerprint").unwrap_or_else(|| self.name.clone());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let reply = match endpoint {
             Endpoint::OpenAiChat | Endpoint::OpenAiCompletions => {
                 let chat = matches!(endpoint, Endpoint::OpenAiChat);
-                openai::reply(&json_body, chat, id, &self.name, &pieces)
+                openai::reply(&json_body, chat, id, &fingerprint, &pieces)
             }
             Endpoint::AnthropicMessages => anthropic::reply(&json_body, id, &pieces),
             Endpoint::OllamaChat => ollama::reply(&json_body, true, &pieces),

@@ -72,6 +72,8 @@ pub struct Built {
     pub clients: Arc<ClientRegistry>,
     /// Certificates close to expiry (upstream client certificates).
     pub warnings: Vec<String>,
+    /// The model-list watch, with `drift:` and a check interval.
+    pub models_watch: Option<crate::drift::models::ModelsWatch>,
 }
 
 impl Gateway {
@@ -130,6 +132,21 @@ impl Gateway {
             }
             None => (None, None),
         };
+        let mut models_watch = None;
+        if let (Some(cfg), Some(writer), Some(audit)) = (&config.drift, &audit_writer, &audit) {
+            let alerts = crate::drift::Alerts::new(metrics.clone(), cfg.webhook.clone());
+            let drift = crate::drift::Drift::build(cfg, masks.audit_rules(), alerts.clone())?;
+            writer.set_drift(drift);
+            if !cfg.models_check_interval.is_zero() {
+                models_watch = Some(crate::drift::models::ModelsWatch {
+                    pools: Default::default(),
+                    interval: cfg.models_check_interval,
+                    path: cfg.models_path.clone(),
+                    alerts,
+                    audit: audit.recorder(),
+                });
+            }
+        }
         let jwks = clients.jwt().cloned();
         let clients = Arc::new(clients);
         let approvals = config.approval.as_ref().map(|cfg| {
@@ -156,6 +173,9 @@ impl Gateway {
             max_body: config.limits.max_request_body_bytes,
             body_timeout: config.limits.client_body_timeout,
         };
+        if let Some(w) = models_watch.as_mut() {
+            w.pools = gateway.pools();
+        }
         Ok(Built {
             gateway,
             health: services,
@@ -164,6 +184,7 @@ impl Gateway {
             approvals,
             clients,
             warnings,
+            models_watch,
         })
     }
 

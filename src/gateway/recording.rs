@@ -63,11 +63,13 @@ pub fn outcome(
         reason: None,
         ..Default::default()
     });
+    let response = ctx.capture.take().unwrap_or_else(|| Capture::new(0));
     Outcome {
+        ttft: response.first_byte().map(|t| t.duration_since(ctx.started)),
         host: ctx.upstream_host(),
         status,
         content_type: std::mem::take(&mut ctx.response_content_type),
-        response: ctx.capture.take().unwrap_or_else(|| Capture::new(0)),
+        response,
         ttfb: ctx.response_started.map(|t| t.duration_since(ctx.started)),
         duration: ctx.started.elapsed(),
         decision,

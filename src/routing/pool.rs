@@ -167,6 +167,11 @@ impl UpstreamPool {
                 .any(|b| self.lb.backends().ready(b))
     }
 
+    /// Every host of the pool.
+    pub fn backends(&self) -> Vec<Backend> {
+        self.lb.backends().get_backend().iter().cloned().collect()
+    }
+
     /// `(address, healthy)` for every host.
     pub fn host_health(&self) -> Vec<(String, bool)> {
         self.lb
