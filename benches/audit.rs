@@ -1,7 +1,10 @@
 //! Audit record encoding, the writer thread's per-call work: the `begin`
 //! record (request body masked and embedded) and the `call` record (response
 //! reassembled from the captured bytes, masked, cut), each sealed into the
-//! hash chain. For a small JSON call and for a 200-event SSE stream.
+//! hash chain. For a small JSON call and for a 200-event SSE stream. And
+//! drift's per-call work on the same writer thread (an observation of the
+//! reassembled answer, a window update, a score every 50 calls), to compare
+//! with the encoding it follows.
 //!
 //! cargo bench --bench audit
 
@@ -125,6 +128,22 @@ fn encoding(c: &mut Criterion) {
                 chain.seal(&obj, &mut out);
                 black_box(&out);
             })
+        });
+        // Steady state: the baseline learned, the window full.
+        let metrics = Arc::new(modelgate::metrics::Metrics::new());
+        let alerts = modelgate::drift::Alerts::new(metrics, None);
+        let cfg: modelgate::drift::DriftConfig = serde_yaml::from_str("{}").unwrap();
+        let mut drift =
+            modelgate::drift::Drift::build(&cfg, encoder.rules.clone(), alerts, &mut Vec::new())
+                .unwrap();
+        let call = call();
+        let mut obj = Vec::with_capacity(8192);
+        let answer = encoder.end(&call, &o, &mut obj);
+        for _ in 0..(cfg.baseline_calls + cfg.window) {
+            drift.observe(&call, &o, &answer);
+        }
+        g.bench_function(format!("drift_observe/{name}"), |b| {
+            b.iter(|| black_box(drift.observe(&call, &o, &answer)))
         });
     }
     g.finish();

@@ -82,7 +82,8 @@ pub struct Outcome {
     pub content_type: String,
     pub response: Capture,
     pub ttfb: Option<Duration>,
-    /// Request start to the first response body byte sent.
+    /// From sending the request upstream (after any approval hold) to the
+    /// first response body byte sent to the client.
     pub ttft: Option<Duration>,
     pub duration: Duration,
     pub decision: Decision,

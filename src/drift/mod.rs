@@ -52,7 +52,9 @@ pub struct DriftConfig {
     #[serde(default = "default_true")]
     pub save_learned: bool,
     /// Score above which a signal alerts, per signal name, with `default`
-    /// for the rest. Default `{default: 0.25}`; `.inf` never alerts.
+    /// for the rest. Built in: `default` 0.25, and 0.5 for the timing
+    /// signals (`ttft_ms`, `tokens_per_second`), which move with load as
+    /// well as with the model; `.inf` never alerts.
     #[serde(default)]
     pub thresholds: BTreeMap<String, f64>,
     /// Phrases (case-insensitive, in the first 400 bytes of an answer)
@@ -115,8 +117,19 @@ fn default_refusal_phrases() -> Vec<String> {
     .to_vec()
 }
 
+/// `model` / `system_fingerprint` values remembered per route and model;
+/// further new values do not alert.
+const MAX_KNOWN_VALUES: usize = 64;
+
+/// Bytes of an answer the detectors read for the `pii_*` signals.
+const DETECT_BYTES: usize = 64 * 1024;
+
 /// The threshold when `thresholds` names none.
 pub const DEFAULT_THRESHOLD: f64 = 0.25;
+/// Signals that measure time: on a shared host they move with load, so
+/// they get a higher threshold unless `thresholds` names them.
+const TIMING_SIGNALS: [&str; 2] = ["ttft_ms", "tokens_per_second"];
+const TIMING_THRESHOLD: f64 = 0.5;
 /// A firing alert resolves when its score falls below this share of the
 /// threshold (so a score hovering at the threshold does not flap).
 const RESOLVE_AT: f64 = 0.8;
@@ -174,17 +187,18 @@ impl DriftConfig {
         if let Some(w) = &self.webhook {
             w.validate_at("drift.webhook").map_err(ConfigError)?;
         }
-        if let Some(path) = &self.baseline_file {
-            BaselineFile::load(Path::new(path))
-                .map_err(|e| ConfigError::at("drift.baseline_file", format!("`{path}`: {e}")))?;
-        }
         Ok(())
     }
 
     fn threshold(&self, signal: &str) -> f64 {
+        if let Some(t) = self.thresholds.get(signal) {
+            return *t;
+        }
+        if TIMING_SIGNALS.contains(&signal) {
+            return TIMING_THRESHOLD;
+        }
         self.thresholds
-            .get(signal)
-            .or_else(|| self.thresholds.get("default"))
+            .get("default")
             .copied()
             .unwrap_or(DEFAULT_THRESHOLD)
     }
@@ -271,17 +285,65 @@ impl BaselineFile {
         Ok(file)
     }
 
-    /// Writes the file whole (a temporary file renamed over it), so that a
-    /// reader never sees half of one.
+    /// Writes the file whole: a temporary file (a name no other process
+    /// or thread uses), synced, renamed over it, so that a reader never sees
+    /// half of one, even after a crash.
     pub fn save(&self, path: &Path) -> Result<(), String> {
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        use std::io::Write;
+        static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = path
+            .file_name()
+            .map_or_else(|| "baseline".into(), |n| n.to_string_lossy().into_owned());
+        let tmp = path.with_file_name(format!(
+            ".{name}.{}.{}.{n}.tmp",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
         let json = serde_json::to_vec_pretty(self).expect("baselines serialise");
-        std::fs::write(&tmp, json)
-            .and_then(|_| std::fs::rename(&tmp, path))
-            .map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                format!("cannot write {}: {e}", path.display())
-            })
+        let written = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&json)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok::<_, std::io::Error>(())
+        })();
+        written.map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            format!("cannot write {}: {e}", path.display())
+        })
+    }
+
+    /// Puts `b` into the file at `path`, keeping every other baseline as
+    /// it is on disk now (another replica may have written some). Holds
+    /// `<path>.lock` while reading and writing. A damaged file is replaced.
+    pub fn merge_one(path: &Path, b: KeyedBaseline) -> Result<(), String> {
+        let lock_path = path.with_file_name(format!(
+            "{}.lock",
+            path.file_name()
+                .map_or_else(|| "baseline".into(), |n| n.to_string_lossy())
+        ));
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| format!("{}: {e}", lock_path.display()))?;
+        lock.lock()
+            .map_err(|e| format!("{}: {e}", lock_path.display()))?;
+        let mut file = BaselineFile::load(path).unwrap_or_else(|e| {
+            log::error!(
+                "drift: {} is damaged ({e}); writing a new one",
+                path.display()
+            );
+            BaselineFile::default()
+        });
+        file.version = 1;
+        file.put(b);
+        file.save(path)
     }
 
     /// Replaces the baseline of `b`'s route and model, or adds it.
@@ -328,7 +390,11 @@ impl Alerts {
             None => format!("route {} model {}", s("route"), s("model")),
         };
         let text = format!("Drift {}: {signal} on {where_}", s("state"));
-        log::warn!("{text}: {record}");
+        let score = record
+            .get("score")
+            .map_or(String::new(), |v| format!(" (score {v})"));
+        // {:?}: names from clients and upstreams cannot forge log lines.
+        log::warn!("drift {}: {signal} on {where_:?}{score}", s("state"));
         let Some(n) = notifier else {
             return;
         };
@@ -391,16 +457,25 @@ pub struct Drift {
 
 impl Drift {
     /// `rules`: the audit's masking rules (every entity).
+    /// A baseline file that cannot be read is a warning (in `warnings`),
+    /// not an error: the gateway starts and learns baselines again.
     pub fn build(
         cfg: &DriftConfig,
         rules: Arc<MaskRules>,
         alerts: Arc<Alerts>,
+        warnings: &mut Vec<String>,
     ) -> Result<Drift, ConfigError> {
         let entities = rules.detector.names().to_vec();
         cfg.validate(&entities)?;
         let file = match &cfg.baseline_file {
-            Some(p) => BaselineFile::load(Path::new(p))
-                .map_err(|e| ConfigError::at("drift.baseline_file", format!("`{p}`: {e}")))?,
+            Some(p) => BaselineFile::load(Path::new(p)).unwrap_or_else(|e| {
+                let w = format!(
+                    "drift.baseline_file: `{p}`: {e}; baselines will be learned again and the file replaced"
+                );
+                log::warn!("{w}");
+                warnings.push(w);
+                BaselineFile::default()
+            }),
             None => BaselineFile::default(),
         };
         for b in &file.baselines {
@@ -473,10 +548,15 @@ impl Drift {
         }
     }
 
-    /// Entities the audit's detectors find in `text`.
+    /// Entities the audit's detectors find in `text` (its first 64 KiB:
+    /// the writer's time is shared with the audit trail).
     pub fn detected(&self, text: &str) -> u64 {
+        let mut end = text.len().min(DETECT_BYTES);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
         let mut counts = vec![0u32; self.entities.len()];
-        let _ = self.rules.mask_all(text, &mut counts);
+        let _ = self.rules.mask_all(&text[..end], &mut counts);
         counts
             .iter()
             .enumerate()
@@ -486,7 +566,7 @@ impl Drift {
 
     /// Adds one observation for `route` and the requested `model`.
     pub fn add(&mut self, route: Arc<str>, model: Option<&str>, obs: Observation) -> Vec<Value> {
-        let model = self.model_label(&route, model);
+        let model = self.model_label(&route, model, obs.cats[2] == 1);
         let key = (route, model);
         if !self.keys.contains_key(&key) {
             let state = self.new_state(&key);
@@ -521,7 +601,9 @@ impl Drift {
             ),
         ] {
             let Some(v) = value else { continue };
-            if known.contains(v) {
+            if known.contains(v) || known.len() >= MAX_KNOWN_VALUES {
+                // Past the cap (an upstream inventing a value per answer)
+                // new values no longer alert: one per value would flood.
                 continue;
             }
             let record = json!({
@@ -646,42 +728,38 @@ impl Drift {
         let (Some(path), true) = (&self.cfg.baseline_file, self.cfg.save_learned) else {
             return;
         };
-        let path = PathBuf::from(path);
-        // Baselines another replica saved meanwhile are kept.
-        if let Ok(current) = BaselineFile::load(&path) {
-            for other in current.baselines {
-                if !self
-                    .file
-                    .baselines
-                    .iter()
-                    .any(|x| (&x.route, &x.model) == (&other.route, &other.model))
-                {
-                    self.file.baselines.push(other);
-                }
-            }
-        }
-        self.file.version = 1;
-        self.file.put(KeyedBaseline {
+        let keyed = KeyedBaseline {
             route: route.to_string(),
             model: model.to_string(),
             learned_at: now(),
             source: "live".into(),
             baseline: b,
-        });
-        if let Err(e) = self.file.save(&path) {
-            log::error!("drift: baseline of route {route} model {model} not saved: {e}");
+        };
+        // Off the writer's task: the file may sit on a slow shared volume.
+        let path = PathBuf::from(path);
+        let spawned = std::thread::Builder::new()
+            .name("drift-baseline-save".into())
+            .spawn(move || {
+                if let Err(e) = BaselineFile::merge_one(&path, keyed) {
+                    log::error!("drift: a learned baseline was not saved: {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            log::error!("drift: a learned baseline was not saved: {e}");
         }
     }
 
     /// The model label: the requested model (`-` when none), or `_other`
     /// past `max_models_per_route`.
-    fn model_label(&mut self, route: &Arc<str>, model: Option<&str>) -> Arc<str> {
-        let name = model.unwrap_or("-");
-        if self.keys.keys().any(|(r, m)| r == route && &**m == name) {
+    /// A name not seen yet takes a slot only with an answer that did not
+    /// fail, so requests for models that do not exist cannot fill them.
+    fn model_label(&mut self, route: &Arc<str>, model: Option<&str>, failed: bool) -> Arc<str> {
+        let name = model_name(model);
+        if self.keys.keys().any(|(r, m)| r == route && **m == *name) {
             return Arc::from(name);
         }
         let n = self.models_per_route.entry(route.clone()).or_insert(0);
-        if *n >= self.cfg.max_models_per_route {
+        if failed || *n >= self.cfg.max_models_per_route {
             return Arc::from("_other");
         }
         *n += 1;
@@ -703,7 +781,7 @@ pub fn baseline_from_audit(
     let alerts = Alerts::new(Arc::new(Metrics::new()), None);
     let mut quiet = cfg.clone();
     quiet.baseline_file = None;
-    let d = Drift::build(&quiet, rules, alerts).map_err(|e| e.to_string())?;
+    let d = Drift::build(&quiet, rules, alerts, &mut Vec::new()).map_err(|e| e.to_string())?;
     let mut calls: Vec<(u64, String, String, Observation)> = Vec::new();
     for path in files {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -728,7 +806,7 @@ pub fn baseline_from_audit(
         let models = per_route.entry(route.clone()).or_default();
         let label = if models.contains(&model) {
             model
-        } else if models.len() < cfg.max_models_per_route {
+        } else if obs.cats[2] == 0 && models.len() < cfg.max_models_per_route {
             models.push(model.clone());
             model
         } else {
@@ -787,7 +865,7 @@ impl Drift {
         let Some(route) = str_at(rec, "route") else {
             return Ok(None);
         };
-        let model = str_at(rec, "model").unwrap_or_else(|| "-".into());
+        let model = model_name(str_at(rec, "model").as_deref()).to_string();
         let response = rec.get("response").cloned().unwrap_or(Value::Null);
         let stored = str_at(&response, "stored").unwrap_or_default();
         if stored == "none" {
@@ -840,6 +918,24 @@ impl Drift {
         };
         let obs = Observation::new(&facts, self.refusals.matches(&text));
         Ok(Some((route, model, obs)))
+    }
+}
+
+/// The label of a requested model: its name when it is a plain model name
+/// (at most 100 characters of letters, digits and `._:/@+-`), `-` when
+/// none was asked for, else `_invalid` (the name comes from the client).
+pub fn model_name(model: Option<&str>) -> &str {
+    match model {
+        None => "-",
+        Some(m)
+            if !m.is_empty()
+                && m.len() <= 100
+                && m.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._:/@+-".contains(&b)) =>
+        {
+            m
+        }
+        Some(_) => "_invalid",
     }
 }
 

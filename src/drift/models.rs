@@ -41,29 +41,52 @@ struct Seen {
     ids: Vec<String>,
 }
 
+/// Longest one fetch may take, answer included.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(15);
+
 #[async_trait]
 impl BackgroundService for ModelsWatch {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let connector = Connector::new(None);
+        let connector = Arc::new(Connector::new(None));
         let mut seen: HashMap<(String, String), Seen> = HashMap::new();
         loop {
-            for pool in self.pools.iter() {
+            // Every host at once: a slow one holds up only itself.
+            let mut fetches = tokio::task::JoinSet::new();
+            for (p, pool) in self.pools.iter().enumerate() {
                 for backend in pool.backends() {
-                    let host = backend.addr.to_string();
-                    let checked = tokio::select! {
-                        r = self.fetch(&connector, pool, &backend) => r,
-                        _ = shutdown.changed() => return,
-                    };
-                    match checked {
-                        Ok(now_seen) => self.compare(&mut seen, &pool.name, host, now_seen),
-                        Err(e) => {
-                            self.alerts
-                                .metrics()
-                                .upstream_models_check_errors
-                                .with_label_values(&[pool.name.as_str(), host.as_str()])
-                                .inc();
-                            log::debug!("drift: model list of {} host {host}: {e}", pool.name);
-                        }
+                    let (pools, connector, path) =
+                        (self.pools.clone(), connector.clone(), self.path.clone());
+                    fetches.spawn(async move {
+                        let pool = &pools[p];
+                        let host = backend.addr.to_string();
+                        let fetched = tokio::time::timeout(
+                            FETCH_TIMEOUT,
+                            fetch(&connector, pool, &backend, &path),
+                        )
+                        .await
+                        .unwrap_or_else(|_| Err(format!("no answer within {FETCH_TIMEOUT:?}")));
+                        (pool.name.clone(), host, fetched)
+                    });
+                }
+            }
+            loop {
+                let done = tokio::select! {
+                    d = fetches.join_next() => d,
+                    _ = shutdown.changed() => return,
+                };
+                let Some(done) = done else { break };
+                let Ok((pool, host, fetched)) = done else {
+                    continue;
+                };
+                match fetched {
+                    Ok(now_seen) => self.compare(&mut seen, &pool, host, now_seen),
+                    Err(e) => {
+                        self.alerts
+                            .metrics()
+                            .upstream_models_check_errors
+                            .with_label_values(&[pool.as_str(), host.as_str()])
+                            .inc();
+                        log::debug!("drift: model list of {pool} host {host}: {e}");
                     }
                 }
             }
@@ -120,70 +143,66 @@ impl ModelsWatch {
         }
         seen.insert(key, new);
     }
+}
 
-    async fn fetch(
-        &self,
-        connector: &Connector,
-        pool: &UpstreamPool,
-        backend: &pingora_load_balancing::Backend,
-    ) -> Result<Seen, String> {
-        let peer = pool.peer(backend);
-        let (mut session, _) = connector
-            .get_http_session(&peer)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut req =
-            RequestHeader::build("GET", self.path.as_bytes(), None).map_err(|e| e.to_string())?;
-        let host = pool
-            .host_header
-            .clone()
-            .unwrap_or_else(|| backend.addr.to_string());
-        req.insert_header("host", host).map_err(|e| e.to_string())?;
-        req.insert_header("accept", "application/json")
-            .map_err(|e| e.to_string())?;
-        req.insert_header("accept-encoding", "identity")
-            .map_err(|e| e.to_string())?;
-        pool.credential.apply(&mut req);
-        let timeout = Some(Duration::from_secs(10));
-        session.set_write_timeout(timeout);
-        session.set_read_timeout(timeout);
-        session
-            .write_request_header(Box::new(req))
-            .await
-            .map_err(|e| e.to_string())?;
-        session
-            .finish_request_body()
-            .await
-            .map_err(|e| e.to_string())?;
-        session
-            .read_response_header()
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = session.response_header().map_or(0, |h| h.status.as_u16());
-        let mut body = Vec::new();
-        while let Some(chunk) = session
-            .read_response_body()
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            body.extend_from_slice(&chunk);
-            if body.len() > MAX_BODY {
-                return Err(format!("answer longer than {MAX_BODY} bytes"));
-            }
-        }
-        if status != 200 {
-            return Err(format!("HTTP {status}"));
-        }
-        let value: Value = serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))?;
-        Ok(fingerprint(&value))
+/// One host's model list: its canonical hash and ids.
+async fn fetch(
+    connector: &Connector,
+    pool: &UpstreamPool,
+    backend: &pingora_load_balancing::Backend,
+    path: &str,
+) -> Result<Seen, String> {
+    let peer = pool.peer(backend);
+    let (mut session, _) = connector
+        .get_http_session(&peer)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut req = RequestHeader::build("GET", path.as_bytes(), None).map_err(|e| e.to_string())?;
+    req.insert_header("host", pool.host_for(backend))
+        .map_err(|e| e.to_string())?;
+    req.insert_header("accept", "application/json")
+        .map_err(|e| e.to_string())?;
+    req.insert_header("accept-encoding", "identity")
+        .map_err(|e| e.to_string())?;
+    pool.credential.apply(&mut req);
+    session.set_write_timeout(Some(FETCH_TIMEOUT));
+    session.set_read_timeout(Some(FETCH_TIMEOUT));
+    session
+        .write_request_header(Box::new(req))
+        .await
+        .map_err(|e| e.to_string())?;
+    session
+        .finish_request_body()
+        .await
+        .map_err(|e| e.to_string())?;
+    session
+        .read_response_header()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = session.response_header().map_or(0, |h| h.status.as_u16());
+    if status != 200 {
+        return Err(format!("HTTP {status}"));
     }
+    let mut body = Vec::new();
+    while let Some(chunk) = session
+        .read_response_body()
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_BODY {
+            return Err(format!("answer longer than {MAX_BODY} bytes"));
+        }
+    }
+    let value: Value = serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))?;
+    Ok(fingerprint(&value))
 }
 
 /// The hash of a model list's canonical form, and its model ids.
 fn fingerprint(v: &Value) -> Seen {
     let canonical = canonical(v);
     let sha256 = hex::encode(Sha256::digest(canonical.to_string().as_bytes()));
-    let ids = v
+    let mut ids: Vec<String> = v
         .get("data")
         .or_else(|| v.get("models"))
         .and_then(Value::as_array)
@@ -194,10 +213,12 @@ fn fingerprint(v: &Value) -> Seen {
                 .collect()
         })
         .unwrap_or_default();
+    ids.sort();
     Seen { sha256, ids }
 }
 
-/// `v` with object keys sorted and `created` fields dropped.
+/// `v` with object keys sorted, `created` fields dropped and arrays in a
+/// fixed order (replicas behind one address may list models in any order).
 fn canonical(v: &Value) -> Value {
     match v {
         Value::Object(m) => {
@@ -209,7 +230,11 @@ fn canonical(v: &Value) -> Value {
                     .collect(),
             )
         }
-        Value::Array(a) => Value::Array(a.iter().map(canonical).collect()),
+        Value::Array(a) => {
+            let mut items: Vec<Value> = a.iter().map(canonical).collect();
+            items.sort_by_cached_key(|v| v.to_string());
+            Value::Array(items)
+        }
         other => other.clone(),
     }
 }
@@ -226,5 +251,10 @@ mod tests {
         assert_eq!(fingerprint(&a).sha256, fingerprint(&b).sha256);
         assert_ne!(fingerprint(&a).sha256, fingerprint(&c).sha256);
         assert_eq!(fingerprint(&c).ids, vec!["m2"]);
+        // Order does not matter either.
+        let d = json!({"data": [{"id": "m2"}, {"id": "m1"}]});
+        let e = json!({"data": [{"id": "m1"}, {"id": "m2"}]});
+        assert_eq!(fingerprint(&d).sha256, fingerprint(&e).sha256);
+        assert_eq!(fingerprint(&d).ids, vec!["m1", "m2"]);
     }
 }

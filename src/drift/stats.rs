@@ -55,7 +55,8 @@ const SMOOTHING: f64 = 0.5;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Observation {
     /// [`NUMERIC`] values; `None` when the call did not have one (an error
-    /// has no answer length, a stream without usage no token count).
+    /// has no answer length, a stream without usage no token count, a
+    /// whole-body answer no time to first token or decode speed).
     pub numeric: [Option<f64>; 4],
     /// Index into each [`CATEGORICAL`] signal's categories.
     pub cats: [u8; 5],
@@ -75,11 +76,12 @@ pub struct Facts<'a> {
     pub refusal_field: &'a str,
     pub finish_reason: Option<&'a str>,
     pub completion_tokens: Option<u64>,
-    /// Request start to the first response body byte.
+    /// Request sent upstream to the first response body byte.
     pub ttft_ms: Option<f64>,
     pub duration_ms: f64,
-    /// The body was a stream (SSE or NDJSON): generation time is what
-    /// follows the first byte.
+    /// The body was a stream (SSE or NDJSON). Only streams have a time to
+    /// first token and a decode speed: a whole body's first byte comes
+    /// after the whole generation.
     pub streamed: bool,
     pub failed: bool,
     pub pii: u64,
@@ -93,17 +95,16 @@ impl Observation {
     pub fn new(f: &Facts, refused: bool) -> Observation {
         let chars = (!f.failed).then(|| f.text.chars().count() as f64);
         let tokens = f.completion_tokens.map(|t| t as f64);
-        let generation_ms = match (f.streamed, f.ttft_ms) {
-            (true, Some(t)) => f.duration_ms - t,
-            _ => f.duration_ms,
-        };
-        let tps = match f.completion_tokens {
-            Some(t) if t > 0 && generation_ms >= 1.0 => Some(t as f64 * 1000.0 / generation_ms),
+        let ttft = f.ttft_ms.filter(|_| f.streamed && !f.failed);
+        let tps = match (f.completion_tokens, ttft) {
+            (Some(t), Some(first)) if t > 0 && f.duration_ms - first >= 1.0 => {
+                Some(t as f64 * 1000.0 / (f.duration_ms - first))
+            }
             _ => None,
         };
         let code_block = f.text.contains("```");
         Observation {
-            numeric: [chars, tokens, f.ttft_ms, tps],
+            numeric: [chars, tokens, ttft, tps],
             cats: [
                 finish_category(f.finish_reason),
                 (refused || !f.refusal_field.trim().is_empty()) as u8,
@@ -112,10 +113,19 @@ impl Observation {
                 code_block as u8,
             ],
             pii: f.pii,
-            model: f.model.map(str::to_string),
-            fingerprint: f.fingerprint.map(str::to_string),
+            model: f.model.map(short),
+            fingerprint: f.fingerprint.map(short),
         }
     }
+}
+
+/// Longest `model` / `system_fingerprint` kept (the upstream chooses them).
+const MAX_NAME_CHARS: usize = 200;
+/// Distinct `model` / `system_fingerprint` values a baseline keeps.
+pub const MAX_VALUES: usize = 64;
+
+fn short(s: &str) -> String {
+    s.chars().take(MAX_NAME_CHARS).collect()
 }
 
 /// The index of a finish reason in `finish_reason`'s categories; the
@@ -234,11 +244,11 @@ impl NumericHist {
         self.edges.partition_point(|e| *e <= v)
     }
 
-    /// Counts per bin, missing last: what [`psi`] compares.
+    /// Counts per bin: what [`psi`] compares. Calls without a value are
+    /// left out: whether a value exists depends on the client (streaming,
+    /// `include_usage`) as much as on the model.
     fn cells(&self) -> Vec<u64> {
-        let mut c = self.counts.clone();
-        c.push(self.missing);
-        c
+        self.counts.clone()
     }
 
     /// Whether the file's numbers fit together.
@@ -271,6 +281,8 @@ pub struct Baseline {
 impl Baseline {
     /// Learns a baseline from `obs`; `entities` names the PII bits.
     pub fn learn(obs: &[Observation], entities: &[String]) -> Baseline {
+        // A signal no baseline call had (no streams, no usage, or an audit
+        // file from before `ttft_ms` was recorded) is not scored.
         let numeric = NUMERIC
             .iter()
             .enumerate()
@@ -278,6 +290,7 @@ impl Baseline {
                 let h = NumericHist::learn(obs.iter().map(|o| o.numeric[i]));
                 (name.to_string(), h)
             })
+            .filter(|(_, h)| h.counts.iter().sum::<u64>() > 0)
             .collect();
         let mut b = Baseline {
             calls: obs.len() as u64,
@@ -287,8 +300,16 @@ impl Baseline {
             fingerprints: BTreeSet::new(),
         };
         for o in obs {
-            b.models.extend(o.model.clone());
-            b.fingerprints.extend(o.fingerprint.clone());
+            for (set, v) in [
+                (&mut b.models, &o.model),
+                (&mut b.fingerprints, &o.fingerprint),
+            ] {
+                if let Some(v) = v {
+                    if set.len() < MAX_VALUES {
+                        set.insert(v.clone());
+                    }
+                }
+            }
         }
         b
     }
@@ -511,6 +532,15 @@ mod tests {
         let o = Observation::new(&f, false);
         assert_eq!(o.numeric[0], Some(23.0));
         assert_eq!(o.numeric[3], Some(100.0)); // 50 tokens in 500 ms
+                                               // A whole body has no time to first token or decode speed.
+        let whole = Observation::new(
+            &Facts {
+                streamed: false,
+                ..f
+            },
+            false,
+        );
+        assert_eq!((whole.numeric[2], whole.numeric[3]), (None, None));
         assert_eq!(o.cats, [2, 0, 0, 2, 1]);
         let failed = Observation::new(
             &Facts {

@@ -75,7 +75,10 @@ fn engine(cfg: &DriftConfig) -> (Drift, Arc<Metrics>) {
     let detector = Arc::new(Detector::new(&BUILTIN, &[]).unwrap());
     let rules = Arc::new(MaskRules::uniform(detector, Style::Label, 16384));
     let alerts = Alerts::new(metrics.clone(), None);
-    (Drift::build(cfg, rules, alerts).unwrap(), metrics)
+    (
+        Drift::build(cfg, rules, alerts, &mut Vec::new()).unwrap(),
+        metrics,
+    )
 }
 
 /// Feeds `n` calls; returns the alerts raised.
@@ -84,6 +87,15 @@ fn feed(d: &mut Drift, rng: &mut Rng, b: Behaviour, n: usize) -> Vec<Value> {
     (0..n)
         .flat_map(|_| d.add(route.clone(), Some("m-1"), observation(rng, b)))
         .collect()
+}
+
+/// Learned baselines are saved by a thread of their own.
+fn wait_for(mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(10), "timed out");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn signals(alerts: &[Value], state: &str) -> BTreeSet<String> {
@@ -201,6 +213,7 @@ fn learned_baselines_are_saved_and_loaded_by_the_next_start() {
     let (mut d, _) = engine(&cfg);
     let mut rng = Rng(7);
     feed(&mut d, &mut rng, STABLE, 300);
+    wait_for(|| path.exists());
     let file = BaselineFile::load(&path).unwrap();
     assert_eq!(file.baselines.len(), 1);
     let b = &file.baselines[0];
@@ -229,13 +242,42 @@ fn learned_baselines_are_saved_and_loaded_by_the_next_start() {
         "{alerts:#?}"
     );
 
-    // A damaged file is refused with its path and reason.
+    // A damaged file (a crash, a bad edit) does not stop the gateway: a
+    // warning names it, baselines are learned again and replace it.
     std::fs::write(&path, "{\"version\": 1, \"baselines\": [{}]}").unwrap();
-    let err = cfg.validate(&[]).unwrap_err().to_string();
+    let metrics = Arc::new(Metrics::new());
+    let detector = Arc::new(Detector::new(&BUILTIN, &[]).unwrap());
+    let rules = Arc::new(MaskRules::uniform(detector, Style::Label, 16384));
+    let mut warnings = Vec::new();
+    let mut d = Drift::build(&cfg, rules, Alerts::new(metrics, None), &mut warnings).unwrap();
     assert!(
-        err.contains("drift.baseline_file") && err.contains("not a baseline file"),
-        "{err}"
+        warnings.len() == 1 && warnings[0].contains("not a baseline file"),
+        "{warnings:?}"
     );
+    feed(&mut d, &mut rng, STABLE, 300);
+    wait_for(|| BaselineFile::load(&path).is_ok_and(|f| f.baselines.len() == 1));
+
+    // Saving one baseline keeps the others on disk as they are now.
+    let kept = BaselineFile::load(&path).unwrap().baselines[0]
+        .baseline
+        .clone();
+    let other = KeyedBaseline {
+        route: "other".into(),
+        model: "x".into(),
+        learned_at: now(),
+        source: "operator".into(),
+        baseline: kept,
+    };
+    BaselineFile::merge_one(&path, other).unwrap();
+    let mut d2 = engine(&cfg).0;
+    let route: Arc<str> = Arc::from("chat");
+    for _ in 0..300 {
+        d2.add(route.clone(), Some("m-2"), observation(&mut rng, STABLE));
+    }
+    wait_for(|| BaselineFile::load(&path).is_ok_and(|f| f.baselines.len() == 3));
+    let f = BaselineFile::load(&path).unwrap();
+    let sources: BTreeSet<&str> = f.baselines.iter().map(|b| b.source.as_str()).collect();
+    assert_eq!(sources, BTreeSet::from(["live", "operator"]));
 }
 
 #[test]
@@ -245,6 +287,12 @@ fn client_chosen_model_names_are_bounded_per_route() {
     let (mut d, _) = engine(&cfg);
     let mut rng = Rng(3);
     let route: Arc<str> = Arc::from("chat");
+    // Calls for a model the upstream refuses take no slot.
+    let mut failed = observation(&mut rng, STABLE);
+    failed.cats[2] = 1;
+    d.add(route.clone(), Some("no-such-model"), failed);
+    // A name no model has (a log line, a query) is not a label.
+    d.add(route.clone(), Some("x\ny'}"), observation(&mut rng, STABLE));
     for i in 0..10 {
         d.add(
             route.clone(),
@@ -254,7 +302,13 @@ fn client_chosen_model_names_are_bounded_per_route() {
     }
     let mut models: Vec<&str> = d.keys.keys().map(|(_, m)| &**m).collect();
     models.sort();
-    assert_eq!(models, ["_other", "m0", "m1"]);
+    assert_eq!(models, ["_invalid", "_other", "m0"]);
+    assert_eq!(
+        model_name(Some("llama-3.1-8b-instruct:q4")),
+        "llama-3.1-8b-instruct:q4"
+    );
+    assert_eq!(model_name(Some(&"x".repeat(101))), "_invalid");
+    assert_eq!(model_name(None), "-");
 }
 
 #[test]
@@ -286,5 +340,6 @@ fn the_config_names_its_mistakes() {
             .unwrap();
     ok.validate(&["EMAIL".into()]).unwrap();
     assert_eq!(ok.threshold("ttft_ms"), f64::INFINITY);
+    assert_eq!(ok.threshold("tokens_per_second"), 0.5);
     assert_eq!(ok.threshold("refusal"), 0.3);
 }

@@ -31,6 +31,8 @@ pub struct RequestCtx {
     pub has_body: bool,
     /// Hosts tried for this request, in order (failover never repeats one).
     pub tried: Vec<Backend>,
+    /// When the request was last sent upstream (after any approval hold).
+    pub forwarded: Option<Instant>,
     /// When the upstream response header arrived.
     pub response_started: Option<Instant>,
     /// The route's policy masking rules.
@@ -73,6 +75,7 @@ impl RequestCtx {
             body: Bytes::new(),
             has_body: false,
             tried: Vec::new(),
+            forwarded: None,
             response_started: None,
             masking: PolicyMasking::default(),
             masker: None,

@@ -135,7 +135,12 @@ impl Gateway {
         let mut models_watch = None;
         if let (Some(cfg), Some(writer), Some(audit)) = (&config.drift, &audit_writer, &audit) {
             let alerts = crate::drift::Alerts::new(metrics.clone(), cfg.webhook.clone());
-            let drift = crate::drift::Drift::build(cfg, masks.audit_rules(), alerts.clone())?;
+            let drift = crate::drift::Drift::build(
+                cfg,
+                masks.audit_rules(),
+                alerts.clone(),
+                &mut warnings,
+            )?;
             writer.set_drift(drift);
             if !cfg.models_check_interval.is_zero() {
                 models_watch = Some(crate::drift::models::ModelsWatch {
@@ -567,6 +572,7 @@ impl ProxyHttp for Gateway {
             return Error::e_explain(ErrorType::InternalError, "no route chosen");
         };
         pool.credential.apply(req);
+        ctx.forwarded = Some(std::time::Instant::now());
         // Plain bodies only: the masker must read what the model says.
         req.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
         if let Some(host) = &pool.host_header {

@@ -65,7 +65,9 @@ pub fn outcome(
     });
     let response = ctx.capture.take().unwrap_or_else(|| Capture::new(0));
     Outcome {
-        ttft: response.first_byte().map(|t| t.duration_since(ctx.started)),
+        ttft: response
+            .first_byte()
+            .map(|t| t.duration_since(ctx.forwarded.unwrap_or(ctx.started))),
         host: ctx.upstream_host(),
         status,
         content_type: std::mem::take(&mut ctx.response_content_type),

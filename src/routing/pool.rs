@@ -167,6 +167,18 @@ impl UpstreamPool {
                 .any(|b| self.lb.backends().ready(b))
     }
 
+    /// The `Host` a request of our own (not a client's) sends to `backend`:
+    /// `host_header`, else the name `hosts` gave it, with its port.
+    pub fn host_for(&self, backend: &Backend) -> String {
+        if let Some(h) = &self.host_header {
+            return h.clone();
+        }
+        match (host_name(&self.host_names, backend), backend.addr.as_inet()) {
+            (Some(name), Some(addr)) => format!("{name}:{}", addr.port()),
+            _ => backend.addr.to_string(),
+        }
+    }
+
     /// Every host of the pool.
     pub fn backends(&self) -> Vec<Backend> {
         self.lb.backends().get_backend().iter().cloned().collect()
