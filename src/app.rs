@@ -196,6 +196,51 @@ impl Services {
     }
 }
 
+/// Watches Pingora's execution phases and sets [`crate::gateway::DRAINING`]
+/// once the process hands its sockets over or starts shutting down. Made
+/// from `Server::watch_execution_phase` before `run_forever` (a background
+/// service, so it also runs in a daemonised child).
+pub struct DrainWatch(
+    std::sync::Mutex<
+        Option<tokio::sync::broadcast::Receiver<pingora_core::server::ExecutionPhase>>,
+    >,
+);
+
+impl DrainWatch {
+    pub fn new(
+        phases: tokio::sync::broadcast::Receiver<pingora_core::server::ExecutionPhase>,
+    ) -> Self {
+        DrainWatch(std::sync::Mutex::new(Some(phases)))
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora_core::services::background::BackgroundService for DrainWatch {
+    async fn start(&self, _shutdown: pingora_core::server::ShutdownWatch) {
+        use pingora_core::server::ExecutionPhase as P;
+        let Some(mut phases) = self.0.lock().expect("not poisoned").take() else {
+            return;
+        };
+        loop {
+            match phases.recv().await {
+                Ok(
+                    P::GracefulUpgradeTransferringFds
+                    | P::GracefulUpgradeCloseTimeout
+                    | P::GracefulTerminate
+                    | P::ShutdownStarted
+                    | P::ShutdownGracePeriod,
+                ) => {
+                    crate::gateway::DRAINING.store(true, std::sync::atomic::Ordering::Relaxed);
+                    log::info!("draining: responses now close their connections");
+                    return;
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
 /// Connects the approval store, sends webhook notices and expires overdue
 /// requests, until shutdown.
 struct ApprovalsService(Arc<Approvals>);

@@ -151,6 +151,17 @@ impl ClientError {
         )
     }
 
+    /// The model server went away after its answer had started (the
+    /// client sees the stream cut off; the audit record says this).
+    pub fn upstream_closed_mid_response() -> Self {
+        Self::new(
+            502,
+            "upstream_error",
+            Some("upstream_closed_mid_response"),
+            "The model server closed the connection before its answer was complete.",
+        )
+    }
+
     pub fn no_healthy_upstream() -> Self {
         Self::new(
             502,

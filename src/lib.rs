@@ -16,6 +16,7 @@ pub mod identity;
 pub mod mask;
 pub mod metrics;
 pub mod policy;
+pub mod reload;
 pub mod routing;
 #[cfg(test)]
 pub(crate) mod testkit;

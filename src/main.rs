@@ -71,6 +71,19 @@ enum Command {
         #[command(subcommand)]
         command: DriftCommand,
     },
+    /// Reload without dropping calls: check the config, start a new process
+    /// that takes the listening sockets over from the running one (named by
+    /// `server.pid_file`), and wait until the old one has drained and exited.
+    Reload,
+    /// Exit 0 if `GET http://ADDR/PATH` answers 200 within 2 s, else 1: a
+    /// health check for images without curl (the Dockerfile's HEALTHCHECK).
+    Probe {
+        /// `host:port` of the admin listener.
+        #[arg(default_value = "127.0.0.1:9090")]
+        addr: String,
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+    },
     /// Print the SHA-256 of a client key, for `clients[].key_sha256`.
     /// Reads the key from standard input when not given.
     HashKey { key: Option<String> },
@@ -136,6 +149,25 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::HashKey { ref key }) => hash_key(key.clone()),
+        Some(Command::Probe { ref addr, ref path }) => probe(addr, path),
+        Some(Command::Reload) => {
+            let Some(conf) = cli.conf.as_deref() else {
+                return fail("reload needs -c FILE (the config to run)");
+            };
+            let exe = match std::env::current_exe() {
+                Ok(e) => e,
+                Err(e) => return fail(&format!("cannot find this executable: {e}")),
+            };
+            match modelgate::reload::reload(&exe, conf, &mut |m| {
+                eprintln!("modelgate: reload: {m}")
+            }) {
+                Ok(()) => {
+                    println!("reloaded");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&format!("reload: {e}")),
+            }
+        }
         Some(Command::Audit {
             command:
                 AuditCommand::Verify {
@@ -239,8 +271,22 @@ fn run(cli: &Cli, config: &Config, services: Services, demo_model: Option<&str>)
         conf: None,
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
+    let phases = server.watch_execution_phase();
     server.bootstrap();
+    if !cli.daemon {
+        // Pingora writes `pid_file` only when daemonising; `modelgate
+        // reload` finds the running process there either way. Written after
+        // bootstrap: with -u, once the sockets are ours.
+        let path = &server.configuration.pid_file;
+        if let Err(e) = std::fs::write(path, format!("{}\n", std::process::id())) {
+            log::warn!("cannot write the pid file {path}: {e} (`modelgate reload` needs it)");
+        }
+    }
     services.add_to(&mut server, config);
+    server.add_service(pingora_core::services::background::background_service(
+        "modelgate drain watch",
+        modelgate::app::DrainWatch::new(phases),
+    ));
     if let Some(listen) = demo_model {
         server.add_service(demo::demo_service("demo-model", listen));
     }
@@ -382,6 +428,38 @@ fn drift_baseline(
 
 fn default_drift() -> modelgate::drift::DriftConfig {
     serde_yaml::from_str("{}").expect("defaults parse")
+}
+
+fn probe(addr: &str, path: &str) -> ExitCode {
+    use std::io::Write;
+    use std::net::{TcpStream, ToSocketAddrs};
+    let timeout = std::time::Duration::from_secs(2);
+    let answer = (|| -> std::io::Result<String> {
+        let sock = addr
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| std::io::Error::other("no address"))?;
+        let mut s = TcpStream::connect_timeout(&sock, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut head = [0u8; 64];
+        let n = s.read(&mut head)?;
+        Ok(String::from_utf8_lossy(&head[..n]).into_owned())
+    })();
+    match answer {
+        Ok(a) if a.starts_with("HTTP/1.1 200") || a.starts_with("HTTP/1.0 200") => {
+            ExitCode::SUCCESS
+        }
+        Ok(a) => fail(&format!(
+            "{addr}{path}: {}",
+            a.lines().next().unwrap_or("no answer")
+        )),
+        Err(e) => fail(&format!("{addr}{path}: {e}")),
+    }
 }
 
 fn hash_key(key: Option<String>) -> ExitCode {

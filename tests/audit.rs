@@ -684,6 +684,12 @@ fn kill_9_under_load_leaves_whole_records_and_the_restarted_writer_resumes_the_c
         "the torn bytes are kept for inspection"
     );
     assert_eq!(after.last().unwrap()["kind"], "shutdown");
+    println!(
+        "FAULT kill -9 under load: {} call records whole, the chain verifies; a torn tail ({} bytes) is set aside, the restarted writer resumes at seq {}",
+        of_kind(&before, "call").len(),
+        torn["bytes"],
+        last_seq + 1
+    );
 }
 
 #[test]

@@ -293,6 +293,20 @@ impl DemoModel {
             Endpoint::OllamaGenerate => ollama::reply(&json_body, false, &pieces),
             Endpoint::Raw => {
                 return match raw::RawReply::from_body(&json_body, delay) {
+                    Ok(r) if r.abort => {
+                        let h = r.header(&self.name);
+                        let mut sent = s.write_response_header(Box::new(h)).await.is_ok();
+                        for (i, c) in r.chunks.iter().enumerate() {
+                            if i > 0 {
+                                tokio::time::sleep(r.delay).await;
+                            }
+                            sent = sent && s.write_response_body(c.clone(), false).await.is_ok();
+                        }
+                        // Dropping the session closes the connection with the
+                        // chunked body unfinished: a host that died.
+                        let _ = sent;
+                        false
+                    }
                     Ok(r) => {
                         let h = r.header(&self.name);
                         self.send_events(s, h, &r.chunks, r.delay, b"").await

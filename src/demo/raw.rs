@@ -8,7 +8,8 @@
 //! ends the body. Nothing is added: no `[DONE]`, no final event. A chunk is a string,
 //! or an array of byte values so a test can split a UTF-8 character across writes.
 //! `close_early` is accepted for readability of tests that end a stream abruptly; the
-//! bytes are the test's own either way.
+//! bytes are the test's own either way. `"abort": true` is a host dying mid-answer: the
+//! connection closes after the last chunk without ending the chunked body.
 
 use bytes::Bytes;
 use pingora_http::ResponseHeader;
@@ -21,6 +22,8 @@ pub(super) struct RawReply {
     headers: Vec<(String, String)>,
     pub chunks: Vec<Bytes>,
     pub delay: Duration,
+    /// Close the connection without ending the body.
+    pub abort: bool,
 }
 
 impl RawReply {
@@ -63,11 +66,16 @@ impl RawReply {
         if body.get("close_early").is_some_and(|v| !v.is_boolean()) {
             return Err("`close_early` must be a boolean".into());
         }
+        let abort = match body.get("abort") {
+            None => false,
+            Some(v) => v.as_bool().ok_or("`abort` must be a boolean")?,
+        };
         Ok(RawReply {
             status,
             headers,
             chunks,
             delay,
+            abort,
         })
     }
 

@@ -57,6 +57,10 @@ pub struct Gateway {
     approvals: Option<Arc<Approvals>>,
 }
 
+/// Set once this process is handing its sockets over (graceful upgrade) or
+/// shutting down: responses then close their connections.
+pub static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// What `Gateway::build` makes: the gateway and the background services it needs.
 pub struct Built {
     pub gateway: Gateway,
@@ -612,6 +616,12 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let now = std::time::Instant::now();
         ctx.response_started = Some(now);
+        if DRAINING.load(std::sync::atomic::Ordering::Relaxed) {
+            // `Connection: close`: clients move to the new process (after a
+            // hand-over) or another replica instead of reusing a connection
+            // this process is about to drop.
+            session.set_keepalive(None);
+        }
         if let Some(r) = ctx.route {
             self.metrics
                 .ttfb
@@ -761,7 +771,14 @@ impl ProxyHttp for Gateway {
     ) -> FailToProxy {
         // The full error (which may name a peer address) goes to the log only.
         log::warn!("request {} failed: {e}", ctx.request_id);
-        let client_err = client_error_for(e);
+        let mut client_err = client_error_for(e);
+        if session.response_written().is_some()
+            && client_err
+                .as_ref()
+                .is_some_and(|c| c.code == Some("upstream_unavailable"))
+        {
+            client_err = Some(ClientError::upstream_closed_mid_response());
+        }
         ctx.error = Some(match &client_err {
             Some(ce) => recording::error_info(ce, Some(e)),
             None => recording::proxy_error_info(e),

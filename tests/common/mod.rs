@@ -133,6 +133,20 @@ impl Gateway {
         env: &[(&str, &str)],
         wait_ready: bool,
     ) -> Gateway {
+        Gateway::start_wrapped(&[], listen, clients, body, env, wait_ready)
+    }
+
+    /// As `start_with`, run under `wrapper` (a command and its arguments
+    /// that ends by exec'ing the gateway command line it is given, e.g.
+    /// `prlimit --fsize=N --`); the process id stays the gateway's.
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        listen: &dyn Fn(&str) -> String,
+        clients: &str,
+        body: &str,
+        env: &[(&str, &str)],
+        wait_ready: bool,
+    ) -> Gateway {
         // A port from `free_port` can be taken by a parallel test before the
         // gateway binds it: then the gateway exits at once, and we retry on
         // fresh ports rather than fail the test.
@@ -148,7 +162,14 @@ impl Gateway {
             let conf_path = dir.path().join("modelgate.yaml");
             std::fs::write(&conf_path, config).unwrap();
             let log = dir.path().join("gateway.log");
-            let mut cmd = Command::new(BIN);
+            let mut cmd = match wrapper.split_first() {
+                Some((program, args)) => {
+                    let mut c = Command::new(program);
+                    c.args(args).arg(BIN);
+                    c
+                }
+                None => Command::new(BIN),
+            };
             cmd.arg("-c")
                 .arg(&conf_path)
                 .env("RUST_LOG", "debug")
