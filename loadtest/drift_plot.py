@@ -468,6 +468,8 @@ def main():
                     help="the PNG; the summary goes next to it with .txt (default docs/drift.png)")
     ap.add_argument("--threads", type=int, default=4, help="client threads (default 4)")
     ap.add_argument("--max-seconds", type=float, default=110, help="give up after this long")
+    ap.add_argument("--alerts-out", default=os.path.join(ROOT, "docs", "drift-alerts.jsonl"),
+                    help="where the run's drift_alert audit records are copied (as written)")
     args = ap.parse_args()
     if not args.bin or not os.path.exists(args.bin):
         sys.exit("no modelgate binary: run `cargo build` (or pass --bin PATH)")
@@ -480,6 +482,9 @@ def main():
     t0, load0 = time.monotonic(), os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="drift-plot-") as tmp:
         series, alerts, total, audited = run(args, tmp)
+        # The alert records exactly as the gateway sealed them.
+        with open(os.path.join(tmp, "audit.jsonl")) as src, open(args.alerts_out, "w") as dst:
+            dst.writelines(l for l in src if '"kind":"drift_alert"' in l)
     if audited < total:
         print(f"warning: the audit file holds {audited} call records for {total} calls", file=sys.stderr)
     text = summarise(series, alerts, total, args.seed, args.bin)
