@@ -44,6 +44,7 @@ test: deps
 	$(CARGO) clippy --all-targets -- -D warnings
 	scripts/check-monitoring.sh # the Grafana dashboard and Prometheus rules (promtool)
 	$(CARGO) test --all-targets
+	scripts/check-deploy.sh # Dockerfile (hadolint), kustomize + Kubernetes schemas, modelgate -t on the manifests' config
 	$(CARGO) test --doc
 	$(MAKE) fuzz-smoke
 
