@@ -278,7 +278,7 @@ fn run(cli: &Cli, config: &Config, services: Services, demo_model: Option<&str>)
         // reload` finds the running process there either way. Written after
         // bootstrap: with -u, once the sockets are ours.
         let path = &server.configuration.pid_file;
-        if let Err(e) = std::fs::write(path, format!("{}\n", std::process::id())) {
+        if let Err(e) = modelgate::reload::write_pid_file(path) {
             log::warn!("cannot write the pid file {path}: {e} (`modelgate reload` needs it)");
         }
     }
@@ -431,34 +431,9 @@ fn default_drift() -> modelgate::drift::DriftConfig {
 }
 
 fn probe(addr: &str, path: &str) -> ExitCode {
-    use std::io::Write;
-    use std::net::{TcpStream, ToSocketAddrs};
-    let timeout = std::time::Duration::from_secs(2);
-    let answer = (|| -> std::io::Result<String> {
-        let sock = addr
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| std::io::Error::other("no address"))?;
-        let mut s = TcpStream::connect_timeout(&sock, timeout)?;
-        s.set_read_timeout(Some(timeout))?;
-        s.set_write_timeout(Some(timeout))?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut head = [0u8; 64];
-        let n = s.read(&mut head)?;
-        Ok(String::from_utf8_lossy(&head[..n]).into_owned())
-    })();
-    match answer {
-        Ok(a) if a.starts_with("HTTP/1.1 200") || a.starts_with("HTTP/1.0 200") => {
-            ExitCode::SUCCESS
-        }
-        Ok(a) => fail(&format!(
-            "{addr}{path}: {}",
-            a.lines().next().unwrap_or("no answer")
-        )),
-        Err(e) => fail(&format!("{addr}{path}: {e}")),
+    match modelgate::reload::http_ok(addr, path) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
     }
 }
 

@@ -35,8 +35,6 @@ use tokio::sync::{mpsc, Notify};
 pub struct Queue {
     pub depth: AtomicUsize,
     pub space: Notify,
-    /// Slots granted and not yet used or dropped: records still to come.
-    pub outstanding: AtomicUsize,
 }
 
 /// The proxy's handle on the audit trail.
@@ -60,14 +58,6 @@ impl Slot {
     /// Queues the record; false if the writer is gone (the process is stopping).
     pub fn send(self, entry: Entry) -> bool {
         self.0.send(entry)
-    }
-}
-
-impl Drop for Slot {
-    /// Used or not, the slot no longer promises a record (a used one's
-    /// record is counted in `depth` by then).
-    fn drop(&mut self) {
-        self.0.queue.outstanding.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -166,7 +156,6 @@ impl Audit {
         let queue = Arc::new(Queue {
             depth: AtomicUsize::new(0),
             space: Notify::new(),
-            outstanding: AtomicUsize::new(0),
         });
         let health: Arc<[SinkHealth]> = cfg
             .sinks
@@ -232,7 +221,6 @@ impl Audit {
     }
 
     fn grant(&self) -> Slot {
-        self.queue.outstanding.fetch_add(1, Ordering::Relaxed);
         Slot(self.recorder())
     }
 

@@ -185,16 +185,6 @@ impl BackgroundService for AuditWriter {
                 }
                 _ = tokio::time::sleep(TICK) => state.tick(false),
             }
-            if state.drained() {
-                // Pingora keeps the process for the whole grace period
-                // even when idle; the files' locks go now, so that after a
-                // graceful upgrade the new process's writer takes over.
-                log::info!(
-                    "audit: every call recorded; closing the files before the grace period ends"
-                );
-                state.finish();
-                return;
-            }
         }
     }
 }
@@ -202,16 +192,6 @@ impl BackgroundService for AuditWriter {
 impl State {
     fn draining(&self) -> bool {
         self.live.as_ref().is_some_and(|l| l.draining)
-    }
-
-    /// Shutting down, with no call in flight, no slot granted that could
-    /// still bring a record, and nothing queued: the trail is complete.
-    fn drained(&self) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.draining()
-            && self.metrics.in_flight.get() == 0
-            && self.queue.outstanding.load(Relaxed) == 0
-            && self.queue.depth.load(Relaxed) == 0
     }
 
     /// Takes each file's lock, opens it, resumes the chain, starts the HTTP
