@@ -500,6 +500,11 @@ fn client_json(cl: &Client) -> ClientJson<'_> {
     }
 }
 
+/// The time now, as records write it (`ts`).
+pub fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
 fn floor_char(s: &str, mut i: usize) -> usize {
     while !s.is_char_boundary(i) {
         i -= 1;

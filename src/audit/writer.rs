@@ -9,7 +9,7 @@
 use super::chain::{Chain, ChainKey};
 use super::elastic::{Doc, ElasticSink};
 use super::file::FileSink;
-use super::record::{Encoder, Entry};
+use super::record::{now, Encoder, Entry};
 use super::{Queue, SinkHealth};
 use crate::config::{AuditConfig, ConfigError, FileSinkConfig, OnFull, SinkConfig};
 use crate::mask::MaskEngine;
@@ -21,7 +21,7 @@ use pingora_core::services::background::BackgroundService;
 use serde_json::json;
 use std::fs::{File, OpenOptions};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Records taken from the queue per batch, at most.
@@ -460,8 +460,4 @@ async fn lock_file(path: &str) -> Result<File, String> {
             Err(std::fs::TryLockError::Error(e)) => return Err(format!("{lock_path}: {e}")),
         }
     }
-}
-
-fn now() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }

@@ -25,7 +25,7 @@ use stats::{Baseline, Facts, Observation};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// The `drift:` block.
 #[derive(Debug, Clone, Deserialize)]
@@ -423,10 +423,7 @@ impl Alerts {
     }
 }
 
-/// The time now, as audit records write it.
-pub fn now() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
-}
+pub use crate::audit::record::now;
 
 /// Per route and model.
 struct KeyState {
@@ -450,7 +447,7 @@ pub struct Drift {
     rules: Arc<MaskRules>,
     entities: Vec<String>,
     keys: HashMap<(Arc<str>, Arc<str>), KeyState>,
-    models_per_route: HashMap<Arc<str>, usize>,
+    slots: ModelSlots,
     file: BaselineFile,
     alerts: Arc<Alerts>,
 }
@@ -491,7 +488,7 @@ impl Drift {
             rules,
             entities,
             keys: HashMap::new(),
-            models_per_route: HashMap::new(),
+            slots: ModelSlots::new(cfg.max_models_per_route),
             file,
             alerts,
         })
@@ -566,7 +563,7 @@ impl Drift {
 
     /// Adds one observation for `route` and the requested `model`.
     pub fn add(&mut self, route: Arc<str>, model: Option<&str>, obs: Observation) -> Vec<Value> {
-        let model = self.model_label(&route, model, obs.cats[2] == 1);
+        let model: Arc<str> = Arc::from(self.slots.label(&route, model, obs.cats[2] == 1));
         let key = (route, model);
         if !self.keys.contains_key(&key) {
             let state = self.new_state(&key);
@@ -748,23 +745,6 @@ impl Drift {
             log::error!("drift: a learned baseline was not saved: {e}");
         }
     }
-
-    /// The model label: the requested model (`-` when none), or `_other`
-    /// past `max_models_per_route`.
-    /// A name not seen yet takes a slot only with an answer that did not
-    /// fail, so requests for models that do not exist cannot fill them.
-    fn model_label(&mut self, route: &Arc<str>, model: Option<&str>, failed: bool) -> Arc<str> {
-        let name = model_name(model);
-        if self.keys.keys().any(|(r, m)| r == route && **m == *name) {
-            return Arc::from(name);
-        }
-        let n = self.models_per_route.entry(route.clone()).or_insert(0);
-        if failed || *n >= self.cfg.max_models_per_route {
-            return Arc::from("_other");
-        }
-        *n += 1;
-        Arc::from(name)
-    }
 }
 
 /// Builds baselines from audit files (`modelgate drift baseline`): the
@@ -782,7 +762,7 @@ pub fn baseline_from_audit(
     let mut quiet = cfg.clone();
     quiet.baseline_file = None;
     let d = Drift::build(&quiet, rules, alerts, &mut Vec::new()).map_err(|e| e.to_string())?;
-    let mut calls: Vec<(u64, String, String, Observation)> = Vec::new();
+    let mut calls: Vec<(u64, String, Option<String>, Observation)> = Vec::new();
     for path in files {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         for (n, line) in text.lines().enumerate() {
@@ -798,20 +778,11 @@ pub fn baseline_from_audit(
         }
     }
     calls.sort_by_key(|c| c.0);
-    // Model labels as the live engine gives them: the first
-    // `max_models_per_route` models of a route, then `_other`.
-    let mut per_route: HashMap<String, Vec<String>> = HashMap::new();
+    // Model labels as the live engine gives them.
+    let mut slots = ModelSlots::new(cfg.max_models_per_route);
     let mut groups: BTreeMap<(String, String), Vec<Observation>> = BTreeMap::new();
     for (_, route, model, obs) in calls {
-        let models = per_route.entry(route.clone()).or_default();
-        let label = if models.contains(&model) {
-            model
-        } else if obs.cats[2] == 0 && models.len() < cfg.max_models_per_route {
-            models.push(model.clone());
-            model
-        } else {
-            "_other".to_string()
-        };
+        let label = slots.label(&route, model.as_deref(), obs.cats[2] == 1);
         groups.entry((route, label)).or_default().push(obs);
     }
     let mut file = BaselineFile {
@@ -849,13 +820,13 @@ pub fn baseline_from_audit(
 }
 
 impl Drift {
-    /// The observation an audit `call` record makes: `None` for other
-    /// records and calls not forwarded; `Err` when the file cannot give one
+    /// The observation an audit `call` record makes, with its route and
+    /// requested model: `None` for other records and calls not forwarded; `Err` when the file cannot give one
     /// (records without bodies).
     pub fn observe_record(
         &self,
         rec: &Value,
-    ) -> Result<Option<(String, String, Observation)>, String> {
+    ) -> Result<Option<(String, Option<String>, Observation)>, String> {
         let str_at = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
         if rec.get("kind").and_then(Value::as_str) != Some("call")
             || rec.get("host").is_none_or(Value::is_null)
@@ -865,7 +836,7 @@ impl Drift {
         let Some(route) = str_at(rec, "route") else {
             return Ok(None);
         };
-        let model = model_name(str_at(rec, "model").as_deref()).to_string();
+        let model = str_at(rec, "model");
         let response = rec.get("response").cloned().unwrap_or(Value::Null);
         let stored = str_at(&response, "stored").unwrap_or_default();
         if stored == "none" {
@@ -918,6 +889,43 @@ impl Drift {
         };
         let obs = Observation::new(&facts, self.refusals.matches(&text));
         Ok(Some((route, model, obs)))
+    }
+}
+
+/// Which requested models get a label of their own on each route: the
+/// first `max_models_per_route` names that were answered without failing
+/// (so requests for models that do not exist cannot take the places); the
+/// rest share `_other`. The live engine and `drift baseline` both use it.
+struct ModelSlots {
+    max: usize,
+    taken: HashMap<String, Vec<String>>,
+}
+
+const OTHER: &str = "_other";
+
+impl ModelSlots {
+    fn new(max: usize) -> Self {
+        ModelSlots {
+            max,
+            taken: HashMap::new(),
+        }
+    }
+
+    /// The label of `model` requested on `route` ([`model_name`], or `_other`).
+    fn label(&mut self, route: &str, model: Option<&str>, failed: bool) -> String {
+        let name = model_name(model);
+        if !self.taken.contains_key(route) {
+            self.taken.insert(route.to_string(), Vec::new());
+        }
+        let taken = self.taken.get_mut(route).expect("inserted");
+        if name == OTHER || taken.iter().any(|m| m == name) {
+            return name.to_string();
+        }
+        if failed || taken.len() >= self.max {
+            return OTHER.to_string();
+        }
+        taken.push(name.to_string());
+        name.to_string()
     }
 }
 
