@@ -748,7 +748,7 @@ fn sse_data(b: &mut Builder, data: &str, complete: bool, cut: bool) {
     if data == "[DONE]" {
         return;
     }
-    if let Ok(chunk) = serde_json::from_str::<PlainChunk>(data) {
+    if let Ok(chunk) = serde_json::from_str::<PlainObject>(data) {
         chunk.apply(b);
         return;
     }
@@ -766,14 +766,17 @@ fn sse_data(b: &mut Builder, data: &str, complete: bool, cut: bool) {
     }
 }
 
-/// The common OpenAI chat chunk (text deltas only), parsed without building
-/// a `Value`: the profile of a streamed load test showed map hashing in
-/// `Value` parsing as the writer's main cost. Any other field (tool calls,
-/// reasoning, refusal, an error...) fails this parse and the event takes
-/// the general path.
+/// The common OpenAI object: a chat chunk (`delta`), a whole chat answer
+/// (`message`) or a completions choice (`text`), with text, refusal and
+/// meta fields only. It is parsed without building a `Value`: the profiles
+/// of the streamed and the JSON load tests showed map hashing in `Value`
+/// parsing as the writer's main cost. Any other field (tool calls,
+/// reasoning, content parts, an error...), a duplicate key or a float count
+/// fails this parse and the object takes the general path, which it
+/// matches on everything it accepts (see the tests).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PlainChunk<'a> {
+struct PlainObject<'a> {
     #[serde(borrow)]
     choices: Vec<PlainChoice<'a>>,
     #[serde(borrow, default)]
@@ -790,6 +793,11 @@ struct PlainChunk<'a> {
     _created: serde::de::IgnoredAny,
     #[serde(default, rename = "service_tier")]
     _service_tier: serde::de::IgnoredAny,
+    // vLLM's whole answers carry these two, usually null.
+    #[serde(default, rename = "prompt_logprobs")]
+    _prompt_logprobs: serde::de::IgnoredAny,
+    #[serde(default, rename = "kv_transfer_params")]
+    _kv_transfer_params: serde::de::IgnoredAny,
 }
 
 #[derive(Deserialize)]
@@ -797,8 +805,12 @@ struct PlainChunk<'a> {
 struct PlainChoice<'a> {
     #[serde(default)]
     index: Option<u64>,
-    #[serde(borrow)]
-    delta: PlainDelta<'a>,
+    #[serde(borrow, default)]
+    delta: Option<PlainDelta<'a>>,
+    #[serde(borrow, default)]
+    message: Option<PlainDelta<'a>>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     finish_reason: Option<Cow<'a, str>>,
     #[serde(default, rename = "logprobs")]
@@ -810,18 +822,38 @@ struct PlainChoice<'a> {
 struct PlainDelta<'a> {
     #[serde(borrow, default)]
     content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    refusal: Option<Cow<'a, str>>,
     #[serde(default, rename = "role")]
     _role: serde::de::IgnoredAny,
+    #[serde(default, rename = "annotations")]
+    _annotations: serde::de::IgnoredAny,
 }
 
+/// Both vocabularies, as `usage_of` reads them; other keys (the `*_details`
+/// objects) are ignored there too.
 #[derive(Deserialize)]
 struct PlainUsage {
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
     total_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
 }
 
-impl PlainChunk<'_> {
+impl PlainUsage {
+    /// `usage_of`'s result: `None` when no count is given.
+    fn counts(self) -> Option<Usage> {
+        let u = Usage {
+            prompt_tokens: self.prompt_tokens.or(self.input_tokens),
+            completion_tokens: self.completion_tokens.or(self.output_tokens),
+            total_tokens: self.total_tokens,
+        };
+        (u != Usage::default()).then_some(u)
+    }
+}
+
+impl PlainObject<'_> {
     /// The same effect as the general path on this chunk.
     fn apply(self, b: &mut Builder) {
         if let Some(m) = self.model {
@@ -830,15 +862,20 @@ impl PlainChunk<'_> {
         if let Some(f) = self.system_fingerprint {
             b.system_fingerprint = Some(f.into_owned());
         }
-        b.add_usage(self.usage.map(|u| Usage {
-            prompt_tokens: u.prompt_tokens,
-            completion_tokens: u.completion_tokens,
-            total_tokens: u.total_tokens,
-        }));
+        b.add_usage(self.usage.and_then(PlainUsage::counts));
         for (pos, c) in self.choices.into_iter().enumerate() {
             let idx = c.index.unwrap_or(pos as u64);
             let choice = b.choice(idx);
-            if let Some(t) = c.delta.content {
+            // In `openai_choice`'s order: delta, message, then text.
+            for m in [c.delta, c.message].into_iter().flatten() {
+                if let Some(t) = m.content {
+                    choice.text.push_str(&t);
+                }
+                if let Some(r) = m.refusal {
+                    choice.refusal.push_str(&r);
+                }
+            }
+            if let Some(t) = c.text {
                 choice.text.push_str(&t);
             }
             if let Some(f) = c.finish_reason {
@@ -914,18 +951,27 @@ fn ndjson_tail(tail: &str) -> Builder {
 
 fn json_body(body: &str, tail: &str) -> Reassembled {
     let mut b = Builder::default();
+    if let Ok(plain) = serde_json::from_str::<PlainObject>(body) {
+        plain.apply(&mut b);
+    } else {
+        general_json_body(&mut b, body);
+    }
+    if !tail.is_empty() {
+        b.merge_meta(scanned_meta(tail));
+    }
+    b.finish()
+}
+
+/// A whole JSON body the typed fast path declined.
+fn general_json_body(b: &mut Builder, body: &str) {
     match serde_json::from_str::<Value>(body) {
-        Ok(Value::Object(obj)) if apply_object(&mut b, &obj) => {}
+        Ok(Value::Object(obj)) if apply_object(b, &obj) => {}
         Ok(_) => b.push_text(body),
         Err(_) => {
             b.push_text(body);
             b.merge_meta(scanned_meta(body));
         }
     }
-    if !tail.is_empty() {
-        b.merge_meta(scanned_meta(tail));
-    }
-    b.finish()
 }
 
 /// Keys whose values make the metadata of a JSON body.
@@ -982,6 +1028,43 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Whole JSON answers: the typed path takes these and must give what the
+    /// `Value` path gives; the rest it must decline.
+    #[test]
+    fn plain_json_answer_fast_path_matches_the_general_path() {
+        let taken = [
+            r#"{"id":"c","object":"chat.completion","created":1,"model":"m","system_fingerprint":"fp","choices":[{"index":0,"message":{"role":"assistant","content":"Mail jane@example.com"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":4,"total_tokens":5}}"#,
+            r#"{"choices":[{"index":0,"message":{"role":"assistant","content":null,"refusal":"I can't","annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":2,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":0}},"service_tier":"default"}"#,
+            r#"{"choices":[{"index":1,"message":{"content":"b"}},{"index":0,"message":{"content":"a"},"finish_reason":"length"}]}"#,
+            r#"{"object":"text_completion","choices":[{"text":"once upon","index":0,"finish_reason":"length"}],"prompt_logprobs":null,"kv_transfer_params":null}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"x"},"message":{"content":"y"},"text":"z"}]}"#,
+            r#"{"choices":[{"index":0,"message":null}],"model":null,"usage":{}}"#,
+            r#"{"choices":[],"usage":{"input_tokens":7,"output_tokens":2}}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":null,"input_tokens":7}}"#,
+        ];
+        for body in taken {
+            assert!(
+                serde_json::from_str::<PlainObject>(body).is_ok(),
+                "fast path declined {body}"
+            );
+            let mut general = Builder::default();
+            general_json_body(&mut general, body);
+            assert_eq!(json_body(body, ""), general.finish(), "{body}");
+        }
+        for body in [
+            r#"{"choices":[{"index":0,"message":{"content":"a","tool_calls":[]}}]}"#,
+            r#"{"choices":[{"index":0,"message":{"content":[{"type":"text","text":"a"}]}}]}"#,
+            r#"{"choices":[],"model":"a","model":"b"}"#,
+            r#"{"choices":[],"usage":{"total_tokens":1.0}}"#,
+            r#"{"error":{"message":"boom"},"choices":[]}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<PlainObject>(body).is_err(),
+                "fast path took {body}"
+            );
+        }
+    }
+
     #[test]
     fn plain_chunk_fast_path_matches_the_general_path() {
         let chunks = [
@@ -994,7 +1077,7 @@ mod tests {
         let mut fast = Builder::default();
         let mut general = Builder::default();
         for c in chunks {
-            serde_json::from_str::<PlainChunk>(c)
+            serde_json::from_str::<PlainObject>(c)
                 .unwrap_or_else(|e| panic!("{c}: {e}"))
                 .apply(&mut fast);
             let v: Value = serde_json::from_str(c).unwrap();
@@ -1009,7 +1092,7 @@ mod tests {
             r#"{"choices":[{"index":0,"delta":{"content":[{"type":"text","text":"x"}]}}]}"#,
             r#"{"choices":[],"usage":{"prompt_tokens":3.0}}"#,
         ] {
-            assert!(serde_json::from_str::<PlainChunk>(c).is_err(), "{c}");
+            assert!(serde_json::from_str::<PlainObject>(c).is_err(), "{c}");
         }
     }
 
