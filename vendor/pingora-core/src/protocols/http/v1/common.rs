@@ -31,6 +31,12 @@ pub(super) const MAX_HEADER_SIZE: usize = 1048575;
 
 pub(crate) const BODY_BUF_LIMIT: usize = 1024 * 64;
 
+/// modelgate patch: parsed request and response headers get their header
+/// maps sized for this many more entries than were parsed, so the few a
+/// proxy adds (request id, credential, `Connection`...) do not make the
+/// maps (and their case maps) grow and rehash on every call.
+pub(crate) const HEADER_HEADROOM: usize = 4;
+
 pub const CRLF: &[u8; 2] = b"\r\n";
 /// The empty line that terminates a message's header section.
 pub(super) const HEADER_SECTION_END: &[u8; 4] = b"\r\n\r\n";

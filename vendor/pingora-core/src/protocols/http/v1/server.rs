@@ -353,7 +353,8 @@ impl HttpSession {
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len()),
+                            // modelgate patch: room for the headers the proxy adds
+                            Some(req.headers.len() + super::common::HEADER_HEADROOM),
                         )?);
 
                         request_header.set_version(match req.version {
