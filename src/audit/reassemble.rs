@@ -748,7 +748,7 @@ fn sse_data(b: &mut Builder, data: &str, complete: bool, cut: bool) {
     if data == "[DONE]" {
         return;
     }
-    if let Ok(chunk) = serde_json::from_str::<PlainObject>(data) {
+    if let Ok(Obj(chunk)) = serde_json::from_str::<Obj<PlainObject>>(data) {
         chunk.apply(b);
         return;
     }
@@ -771,20 +771,25 @@ fn sse_data(b: &mut Builder, data: &str, complete: bool, cut: bool) {
 /// meta fields only. It is parsed without building a `Value`: the profiles
 /// of the streamed and the JSON load tests showed map hashing in `Value`
 /// parsing as the writer's main cost. Any other field (tool calls,
-/// reasoning, content parts, an error...), a duplicate key or a float count
-/// fails this parse and the object takes the general path, which it
-/// matches on everything it accepts (see the tests).
+/// reasoning, content parts, vLLM's `stop_reason`, an error...), an array
+/// where an object belongs, a duplicate key or a float count fails this
+/// parse and the object takes the general path, which it matches on
+/// everything it accepts (see the tests). One difference is kept: in the
+/// fields both paths ignore (`id`, `logprobs`...), the skip here does not
+/// check what the `Value` parser rejects (a lone surrogate escape, a number
+/// out of range, nesting deeper than 128), so such an answer is recorded
+/// field by field here instead of as raw text.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PlainObject<'a> {
     #[serde(borrow)]
-    choices: Vec<PlainChoice<'a>>,
+    choices: Vec<Obj<PlainChoice<'a>>>,
     #[serde(borrow, default)]
     model: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     system_fingerprint: Option<Cow<'a, str>>,
     #[serde(default)]
-    usage: Option<PlainUsage>,
+    usage: Option<Obj<PlainUsage>>,
     #[serde(default, rename = "id")]
     _id: serde::de::IgnoredAny,
     #[serde(default, rename = "object")]
@@ -793,7 +798,8 @@ struct PlainObject<'a> {
     _created: serde::de::IgnoredAny,
     #[serde(default, rename = "service_tier")]
     _service_tier: serde::de::IgnoredAny,
-    // vLLM's whole answers carry these two, usually null.
+    // vLLM's whole answers carry these two, usually null (their choices'
+    // `stop_reason` still sends them the general way).
     #[serde(default, rename = "prompt_logprobs")]
     _prompt_logprobs: serde::de::IgnoredAny,
     #[serde(default, rename = "kv_transfer_params")]
@@ -806,9 +812,9 @@ struct PlainChoice<'a> {
     #[serde(default)]
     index: Option<u64>,
     #[serde(borrow, default)]
-    delta: Option<PlainDelta<'a>>,
+    delta: Option<Obj<PlainDelta<'a>>>,
     #[serde(borrow, default)]
-    message: Option<PlainDelta<'a>>,
+    message: Option<Obj<PlainDelta<'a>>>,
     #[serde(borrow, default)]
     text: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -862,12 +868,12 @@ impl PlainObject<'_> {
         if let Some(f) = self.system_fingerprint {
             b.system_fingerprint = Some(f.into_owned());
         }
-        b.add_usage(self.usage.and_then(PlainUsage::counts));
-        for (pos, c) in self.choices.into_iter().enumerate() {
+        b.add_usage(self.usage.and_then(|Obj(u)| u.counts()));
+        for (pos, Obj(c)) in self.choices.into_iter().enumerate() {
             let idx = c.index.unwrap_or(pos as u64);
             let choice = b.choice(idx);
             // In `openai_choice`'s order: delta, message, then text.
-            for m in [c.delta, c.message].into_iter().flatten() {
+            for Obj(m) in [c.delta, c.message].into_iter().flatten() {
                 if let Some(t) = m.content {
                     choice.text.push_str(&t);
                 }
@@ -882,6 +888,26 @@ impl PlainObject<'_> {
                 b.finish.insert(idx, f.into_owned());
             }
         }
+    }
+}
+
+/// A `T` read from a JSON object only: derived structs also read an array
+/// of their fields in order, which the `Value` path treats as text or skips.
+struct Obj<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Fields<T> {
+            type Value = Obj<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Obj<T>, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Obj)
+            }
+        }
+        d.deserialize_map(Fields(std::marker::PhantomData))
     }
 }
 
@@ -951,7 +977,7 @@ fn ndjson_tail(tail: &str) -> Builder {
 
 fn json_body(body: &str, tail: &str) -> Reassembled {
     let mut b = Builder::default();
-    if let Ok(plain) = serde_json::from_str::<PlainObject>(body) {
+    if let Ok(Obj(plain)) = serde_json::from_str::<Obj<PlainObject>>(body) {
         plain.apply(&mut b);
     } else {
         general_json_body(&mut b, body);
@@ -1044,7 +1070,7 @@ mod tests {
         ];
         for body in taken {
             assert!(
-                serde_json::from_str::<PlainObject>(body).is_ok(),
+                serde_json::from_str::<Obj<PlainObject>>(body).is_ok(),
                 "fast path declined {body}"
             );
             let mut general = Builder::default();
@@ -1057,11 +1083,20 @@ mod tests {
             r#"{"choices":[],"model":"a","model":"b"}"#,
             r#"{"choices":[],"usage":{"total_tokens":1.0}}"#,
             r#"{"error":{"message":"boom"},"choices":[]}"#,
+            // Arrays where objects belong (serde reads them as fields in order).
+            r#"[[]]"#,
+            r#"[[],null,null,null,"hidden"]"#,
+            r#"{"choices":[{"message":["hi"]}]}"#,
+            r#"{"choices":[[0,null,["hi"]]]}"#,
+            r#"{"choices":[],"usage":[1,2,3,0,0]}"#,
         ] {
             assert!(
-                serde_json::from_str::<PlainObject>(body).is_err(),
+                serde_json::from_str::<Obj<PlainObject>>(body).is_err(),
                 "fast path took {body}"
             );
+            let mut general = Builder::default();
+            general_json_body(&mut general, body);
+            assert_eq!(json_body(body, ""), general.finish(), "{body}");
         }
     }
 
@@ -1077,8 +1112,9 @@ mod tests {
         let mut fast = Builder::default();
         let mut general = Builder::default();
         for c in chunks {
-            serde_json::from_str::<PlainObject>(c)
+            serde_json::from_str::<Obj<PlainObject>>(c)
                 .unwrap_or_else(|e| panic!("{c}: {e}"))
+                .0
                 .apply(&mut fast);
             let v: Value = serde_json::from_str(c).unwrap();
             assert!(apply_object(&mut general, v.as_object().unwrap()));
@@ -1091,8 +1127,10 @@ mod tests {
             r#"{"error":{"message":"boom"},"choices":[]}"#,
             r#"{"choices":[{"index":0,"delta":{"content":[{"type":"text","text":"x"}]}}]}"#,
             r#"{"choices":[],"usage":{"prompt_tokens":3.0}}"#,
+            r#"[[]]"#,
+            r#"{"choices":[],"usage":[1,2,3]}"#,
         ] {
-            assert!(serde_json::from_str::<PlainObject>(c).is_err(), "{c}");
+            assert!(serde_json::from_str::<Obj<PlainObject>>(c).is_err(), "{c}");
         }
     }
 
