@@ -43,7 +43,8 @@ def probes(binary, group, add):
 
 def count(binary, kind, seconds, group):
     model = h.DemoModel(binary)
-    out_file = tempfile.mktemp(prefix="mg-allocs-")
+    fd, out_file = tempfile.mkstemp(prefix="mg-allocs-")
+    os.close(fd)
     try:
         g = v.Gate(binary, kind, model.port, 1)
         try:

@@ -5,8 +5,8 @@ work per call is much the same for both; the difference is user space).
 
   loadtest/cpu_split.py [BINARY] [--rounds 2] [--seconds 8]
 
-BINARY defaults to target/release/modelgate. Reads utime and stime of every
-thread (nginx: master and workers) from /proc before and after each wrk run
+BINARY defaults to target/release/modelgate. Reads utime and stime of each
+process (nginx: master and workers) from /proc before and after each wrk run
 (64 connections, one thread). Loopback only; bounded in time.
 """
 import argparse
@@ -16,19 +16,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 import vs_nginx as v  # noqa: E402
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def user_sys(pid):
-    """Clock ticks of user and system time of all of pid's threads."""
-    user = system = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        user, system = user + int(fields[11]), system + int(fields[12])
-    return user, system
-
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,13 +31,13 @@ def main():
                 try:
                     h.wrk(g.port, 2, 64)  # warm-up
                     pids = [g.proc.pid, *h.child_pids(g.proc.pid)]
-                    before = [user_sys(p) for p in pids]
+                    before = [h.user_system_seconds(p) for p in pids]
                     out = h.wrk(g.port, args.seconds, 64)
-                    after = [user_sys(p) for p in pids]
+                    after = [h.user_system_seconds(p) for p in pids]
                 finally:
                     g.stop()
                 n = max(out["requests"], 1)
-                per_req = [sum(a[i] - b[i] for a, b in zip(after, before)) / TICKS / n * 1e6 for i in (0, 1)]
+                per_req = [sum(a[i] - b[i] for a, b in zip(after, before)) / n * 1e6 for i in (0, 1)]
                 name = "nginx" if kind == "nginx" else "modelgate passthrough"
                 print(f"round {r + 1} {name:22} {out['requests'] / args.seconds:8.0f} req/s  "
                       f"user {per_req[0]:5.1f} us  system {per_req[1]:5.1f} us per request", flush=True)

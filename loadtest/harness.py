@@ -75,12 +75,18 @@ def stop(p, sig=signal.SIGTERM, timeout=30):
             p.wait()
 
 
-def cpu_seconds(pid):
-    """User + system CPU time of a process and its reaped children, in seconds."""
+def user_system_seconds(pid):
+    """User and system CPU time of a process (all its threads) and its reaped
+    children, in seconds."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-    return (utime + stime + cutime + cstime) / TICKS
+    return (utime + cutime) / TICKS, (stime + cstime) / TICKS
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a process and its reaped children, in seconds."""
+    return sum(user_system_seconds(pid))
 
 
 def _status_mb(pid, key):
