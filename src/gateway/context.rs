@@ -113,7 +113,22 @@ fn next_request_id() -> String {
         u64::from_le_bytes(id.as_bytes()[..8].try_into().expect("8 bytes"))
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix:016x}{n:08x}")
+    let mut id = String::with_capacity(32);
+    push_hex(&mut id, *prefix, 16);
+    push_hex(&mut id, n, 8);
+    id
+}
+
+/// Appends `v` in lower-case hex, zero-padded to at least `width` digits:
+/// what `format!("{v:0width$x}")` gives, without the formatting machinery
+/// (0.65 % of the passthrough profile when this id was made with `format!`).
+fn push_hex(out: &mut String, v: u64, width: usize) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let used = (64 - v.leading_zeros() as usize).div_ceil(4).max(1);
+    for i in (0..used.max(width)).rev() {
+        let nibble = if i < 16 { (v >> (4 * i)) & 0xf } else { 0 };
+        out.push(DIGITS[nibble as usize] as char);
+    }
 }
 
 #[cfg(test)]
@@ -124,5 +139,25 @@ mod tests {
         let b = super::next_request_id();
         assert_ne!(a, b);
         assert_eq!(a.len(), b.len());
+    }
+
+    #[test]
+    fn hex_matches_format() {
+        for v in [
+            0,
+            1,
+            0xf,
+            0x10,
+            0xdead_beef,
+            u32::MAX as u64,
+            1 << 32,
+            u64::MAX,
+        ] {
+            for width in [0, 8, 16, 20] {
+                let mut got = String::new();
+                super::push_hex(&mut got, v, width);
+                assert_eq!(got, format!("{v:0width$x}"), "{v} width {width}");
+            }
+        }
     }
 }

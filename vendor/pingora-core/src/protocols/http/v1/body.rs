@@ -174,7 +174,11 @@ impl BodyReader {
     }
 
     fn prepare_buf(&mut self, buf_to_rewind: &[u8]) {
-        let mut body_buf = BytesMut::with_capacity(self.body_buf_size.max(buf_to_rewind.len()));
+        self.prepare_buf_sized(buf_to_rewind, self.body_buf_size);
+    }
+
+    fn prepare_buf_sized(&mut self, buf_to_rewind: &[u8], capacity: usize) {
+        let mut body_buf = BytesMut::with_capacity(capacity.max(buf_to_rewind.len()));
         if !buf_to_rewind.is_empty() {
             self.rewind_buf_len = buf_to_rewind.len();
             // TODO: this is still 1 copy. Make it zero
@@ -246,7 +250,12 @@ impl BodyReader {
                 }
             }
             _ => {
-                self.prepare_buf(buf_to_rewind);
+                // modelgate patch: a body of known length gets a buffer no larger than
+                // itself (a small answer, often already read with its header, used to
+                // cost a 64 KiB allocation, which jemalloc serves from its arena rather
+                // than its thread cache). A body that needs more reads grows the buffer
+                // to `body_buf_size` in `prepare_buf_for_io` as before.
+                self.prepare_buf_sized(buf_to_rewind, cl.min(self.body_buf_size));
                 self.body_state = PS::Partial(0, cl);
             }
         }
