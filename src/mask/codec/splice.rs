@@ -114,17 +114,34 @@ fn decline<E: de::Error>() -> E {
 }
 
 /// Remembers an object's keys; a repeated one declines (the `Value` path
-/// keeps the last, and the fast path does not try to agree).
+/// keeps the last, and the fast path does not try to agree). The first
+/// [`INLINE_KEYS`] live inline: a chunk's objects have fewer, and a growing
+/// `Vec` per object was three allocations per streamed event.
 #[derive(Default)]
-struct Keys<'a>(Vec<&'a str>);
+struct Keys<'a> {
+    inline: [&'a str; INLINE_KEYS],
+    len: usize,
+    more: Vec<&'a str>,
+}
+
+const INLINE_KEYS: usize = 12;
 
 impl<'a> Keys<'a> {
     fn add<E: de::Error>(&mut self, k: &'a str) -> Result<(), E> {
-        if self.0.contains(&k) {
+        let inline = &self.inline[..self.len.min(INLINE_KEYS)];
+        if inline.contains(&k) || self.more.contains(&k) {
             return Err(decline());
         }
-        self.0.push(k);
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = k,
+            None => self.more.push(k),
+        }
+        self.len += 1;
         Ok(())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
@@ -308,7 +325,7 @@ impl<'de> Visitor<'de> for Container<'de, '_> {
                 }
             }
         }
-        Ok(keys.0.is_empty())
+        Ok(keys.is_empty())
     }
 }
 
@@ -706,6 +723,33 @@ mod tests {
                 let text = serde_json::to_string(&obj).unwrap();
                 assert!(!text.contains("x@y.io"), "{text}");
             }
+        }
+    }
+
+    #[test]
+    fn repeated_keys_decline_past_the_inline_key_slots() {
+        let many = |n: usize| (0..n).map(|i| format!("\"k{i}\":{i},")).collect::<String>();
+        let choices = r#""choices":[{"delta":{"content":"a"}}]"#;
+        let run = |d: &str| {
+            let r = rules();
+            let mut counts = vec![0; r.entity_count()];
+            let mut out = Vec::new();
+            process(
+                d.as_bytes(),
+                &mut Streams::default(),
+                r,
+                &mut counts,
+                false,
+                &mut out,
+            )
+        };
+        let n = 2 * INLINE_KEYS;
+        // Distinct keys, more than fit inline: taken.
+        assert!(run(&format!("{{{}{choices}}}", many(n))));
+        // A repeat of an inline key, and of a spilled one, after the spill.
+        for dup in [1, INLINE_KEYS + 3] {
+            let d = format!("{{{}{choices},\"k{dup}\":0}}", many(n));
+            assert!(!run(&d), "{d}");
         }
     }
 
