@@ -128,6 +128,45 @@ fn sse_events_arrive_one_by_one_before_the_upstream_finishes() {
 }
 
 #[test]
+fn json_answers_of_any_size_arrive_whole_with_and_without_masking() {
+    // Small answers arrive with their header; large ones (80 KiB, 240 KiB:
+    // more than the 64 KiB body buffer) take further reads of the upstream
+    // body. Each size twice, so the second call reuses the upstream
+    // connection the first one released.
+    let up = Upstream::start("u1");
+    for mask in ["none", "all"] {
+        let extra = format!("policies:\n  default: {{mask: {{response: {mask}}}}}\n");
+        let gw = Gateway::start(
+            &one_pool(&up, &extra),
+            &[("TEST_UPSTREAM_KEY", UPSTREAM_SECRET)],
+            true,
+        );
+        for n in [1, 1, 20_000, 20_000, 60_000, 60_000, 3, 3] {
+            let resp = http()
+                .post(gw.url("/v1/chat/completions"))
+                .bearer_auth(ALICE_KEY)
+                .header("x-demo-events", n.to_string())
+                .json(&chat("demo-model", false))
+                .send()
+                .unwrap();
+            assert_eq!(resp.status(), 200, "mask {mask}, {n} pieces");
+            let length = resp.content_length();
+            let body = resp.bytes().unwrap();
+            if mask == "none" {
+                assert_eq!(
+                    length,
+                    Some(body.len() as u64),
+                    "passthrough keeps the length"
+                );
+            }
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+            assert_eq!(text, "tok ".repeat(n), "mask {mask}, {n} pieces");
+        }
+    }
+}
+
+#[test]
 fn the_model_field_picks_the_pool() {
     let llama = Upstream::start("llama-host");
     let qwen = Upstream::start("qwen-host");

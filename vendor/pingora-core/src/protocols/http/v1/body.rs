@@ -250,12 +250,17 @@ impl BodyReader {
                 }
             }
             _ => {
-                // modelgate patch: a body of known length gets a buffer no larger than
-                // itself (a small answer, often already read with its header, used to
-                // cost a 64 KiB allocation, which jemalloc serves from its arena rather
-                // than its thread cache). A body that needs more reads grows the buffer
-                // to `body_buf_size` in `prepare_buf_for_io` as before.
-                self.prepare_buf_sized(buf_to_rewind, cl.min(self.body_buf_size));
+                // modelgate patch: a body that was read whole with its header gets a
+                // buffer of its own size (a small answer used to cost a 64 KiB
+                // allocation, which jemalloc serves from its arena rather than its
+                // thread cache). A body that still needs reads gets `body_buf_size`
+                // as before, which `prepare_buf_for_io` reuses for them.
+                let capacity = if buf_to_rewind.len() >= cl {
+                    0
+                } else {
+                    self.body_buf_size
+                };
+                self.prepare_buf_sized(buf_to_rewind, capacity);
                 self.body_state = PS::Partial(0, cl);
             }
         }
