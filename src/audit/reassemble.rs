@@ -34,6 +34,13 @@ pub struct Usage {
     pub total_tokens: Option<u64>,
 }
 
+impl Usage {
+    /// `None` when no count is given: an empty `usage` object is no usage.
+    fn given(self) -> Option<Usage> {
+        (self != Usage::default()).then_some(self)
+    }
+}
+
 /// One tool (function) call the model made.
 #[derive(Debug, Default, Clone, PartialEq, Serialize)]
 pub struct ToolCall {
@@ -273,22 +280,22 @@ fn count(v: &Value) -> Option<u64> {
 fn usage_of(v: &Value) -> Option<Usage> {
     let o = v.as_object()?;
     let pick = |keys: &[&str]| keys.iter().find_map(|k| o.get(*k).and_then(count));
-    let u = Usage {
+    Usage {
         prompt_tokens: pick(&["prompt_tokens", "input_tokens"]),
         completion_tokens: pick(&["completion_tokens", "output_tokens"]),
         total_tokens: pick(&["total_tokens"]),
-    };
-    (u != Usage::default()).then_some(u)
+    }
+    .given()
 }
 
 /// Ollama's `prompt_eval_count` / `eval_count`.
 fn ollama_counts(o: &Map<String, Value>) -> Option<Usage> {
-    let u = Usage {
+    Usage {
         prompt_tokens: o.get("prompt_eval_count").and_then(count),
         completion_tokens: o.get("eval_count").and_then(count),
         total_tokens: None,
-    };
-    (u != Usage::default()).then_some(u)
+    }
+    .given()
 }
 
 /// Message content: a string, or an array of text parts.
@@ -850,12 +857,12 @@ struct PlainUsage {
 impl PlainUsage {
     /// `usage_of`'s result: `None` when no count is given.
     fn counts(self) -> Option<Usage> {
-        let u = Usage {
+        Usage {
             prompt_tokens: self.prompt_tokens.or(self.input_tokens),
             completion_tokens: self.completion_tokens.or(self.output_tokens),
             total_tokens: self.total_tokens,
-        };
-        (u != Usage::default()).then_some(u)
+        }
+        .given()
     }
 }
 
