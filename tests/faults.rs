@@ -211,6 +211,116 @@ fn an_upstream_that_hangs() {
     );
 }
 
+/// A model host that reads each request, answers with `answer` (nothing if
+/// empty) and then holds the connection; for every call it reports how
+/// long after the request it saw the gateway close the connection.
+fn holding_model(answer: &'static str) -> (String, std::sync::mpsc::Receiver<Duration>) {
+    let model = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = model.local_addr().unwrap().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for mut s in model.incoming().flatten() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let mut buf = [0u8; 16384];
+                // Health checks connect and close without a request.
+                if !matches!(s.read(&mut buf), Ok(n) if n > 0) {
+                    return;
+                }
+                let asked = Instant::now();
+                if !answer.is_empty() {
+                    s.write_all(answer.as_bytes()).unwrap();
+                }
+                // Whatever is still to come of the request, then the close.
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+                let _ = tx.send(asked.elapsed());
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// A raw client call of the chat endpoint (Content-Length body).
+fn raw_chat(gw: &Gateway, stream: bool) -> TcpStream {
+    let body = chat("demo-model", stream).to_string();
+    let mut c = TcpStream::connect(&gw.addr).unwrap();
+    write!(
+        c,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {ALICE_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    c
+}
+
+#[test]
+fn a_client_that_leaves_ends_the_model_call() {
+    // The gateway's upstream read timeout (30 s) and the model's own (20 s)
+    // are far beyond what the test waits: the upstream connection must
+    // close because the client left.
+    let head =
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let event = sse("first ");
+    let answer: &'static str =
+        Box::leak(format!("{head}{:x}\r\n{event}\r\n", event.len()).into_boxed_str());
+    for (what, answer, stream) in [
+        ("before the answer", "", false),
+        ("mid-stream", answer, true),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, closed) = holding_model(answer);
+        let cfg = config(&[&addr], dir.path()).replace("read_timeout: 1s", "read_timeout: 30s");
+        let gw = Gateway::start(&cfg, &[], true);
+        let mut c = raw_chat(&gw, stream);
+        if stream {
+            // The client reads the first event's whole chunk (nothing left
+            // unread, so its close is a FIN, not a reset), then leaves.
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !(String::from_utf8_lossy(&got).contains("first ") && got.ends_with(b"\n\r\n")) {
+                let n = c.read(&mut buf).unwrap();
+                assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&buf[..n]);
+            }
+        } else {
+            // The model has the request; the client leaves before the answer.
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        drop(c);
+        let held = closed
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the gateway closes the model's connection");
+        assert!(held < Duration::from_secs(5), "{what}: {held:?}");
+        // The call is recorded as ended by the client, with what it was sent.
+        let mut rec = None;
+        wait_until("the call record", Duration::from_secs(10), || {
+            rec = records(dir.path())
+                .into_iter()
+                .find(|r| r["kind"] == "call");
+            rec.is_some()
+        });
+        let rec = rec.unwrap();
+        assert_eq!(
+            rec["error"]["message"], "ConnectionClosed (Downstream)",
+            "{what}: {rec}"
+        );
+        let sent = if stream { "first " } else { "" };
+        assert_eq!(rec["response"]["text"], sent, "{what}: {rec}");
+        verify_chain(dir.path());
+        println!(
+            "FAULT client leaves {what}: the gateway closed the model's connection {held:?} after the request; recorded as closed by the client, with the text sent"
+        );
+    }
+}
+
 #[test]
 fn malformed_upstream_sse_and_json() {
     let up = Upstream::start("u1");

@@ -113,7 +113,15 @@ where
             return (false, true, Some(e));
         }
 
-        session.set_upstream_h1_upgrade_request_status(is_h1_upgrade_req(&req));
+        let upstream_upgrade_req = is_h1_upgrade_req(&req);
+        session.set_upstream_h1_upgrade_request_status(upstream_upgrade_req);
+        // modelgate patch: see `proxy_1to1_sequential`.
+        let sequential = !upstream_upgrade_req
+            && session.downstream_session.as_http1().is_some()
+            && !session.cache.enabled()
+            && !session.cache.bypassing()
+            && session.as_mut().is_body_done()
+            && request_body_fits_socket_buffers(&req);
 
         session.upstream_compression.request_filter(&req);
 
@@ -139,10 +147,26 @@ where
             Err(e) => return (false, false, Some(e)),
         };
 
+        session.as_mut().enable_retry_buffering();
+
+        // An HTTP/1 downstream has no custom message reader or writer to restore.
+        if sequential
+            && downstream_custom_message_writer.is_none()
+            && downstream_custom_message_reader.is_none()
+        {
+            return match self
+                .proxy_1to1_sequential(session, client_session, ctx)
+                .await
+            {
+                Ok((downstream_can_reuse, upstream_can_reuse)) => {
+                    (downstream_can_reuse, upstream_can_reuse, None)
+                }
+                Err(e) => (false, false, Some(e)),
+            };
+        }
+
         let (tx_upstream, rx_upstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
         let (tx_downstream, rx_downstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
-
-        session.as_mut().enable_retry_buffering();
 
         // Shared signal so the upstream half can distinguish an expected task-pipe
         // closure (the downstream half finished and dropped rx) from an unexpected one.
@@ -394,13 +418,42 @@ where
             }
         }
 
-        /* run filters before sending to downstream */
-        let mut filtered_tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
-        for mut t in tasks {
+        self.filter_and_write_tasks(
+            session,
+            ctx,
+            tasks,
+            serve_from_cache,
+            range_body_filter,
+            response_state,
+        )
+        .await
+    }
+
+    /// Run the response filters over a batch of upstream tasks and write them downstream.
+    /// Returns `None` when nothing was written (serving from cache), otherwise whether the
+    /// response is done. (modelgate patch: split out of `process_upstream_tasks` so that
+    /// `proxy_1to1_sequential` shares it; the filtered tasks reuse the batch's vector.)
+    async fn filter_and_write_tasks(
+        &self,
+        session: &mut Session,
+        ctx: &mut SV::CTX,
+        mut tasks: Vec<HttpTask>,
+        serve_from_cache: &mut ServeFromCache,
+        range_body_filter: &mut proxy_cache::range_filter::RangeBodyFilter,
+        response_state: &mut ResponseStateMachine,
+    ) -> Result<Option<bool>>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        /* run filters before sending to downstream, each task replaced by its filtered self */
+        for i in 0..tasks.len() {
+            let mut t = std::mem::replace(&mut tasks[i], HttpTask::Done);
             if self.revalidate_or_stale(session, &mut t, ctx).await {
                 serve_from_cache.enable();
                 response_state.enable_cached_response();
                 // skip downstream filtering entirely as the 304 will not be sent
+                tasks.truncate(i);
                 break;
             }
             #[cfg(feature = "upstream_modules")]
@@ -425,7 +478,7 @@ where
                     return Err(e);
                 }
             }
-            filtered_tasks.push(task);
+            tasks[i] = task;
         }
 
         if !serve_from_cache.should_send_to_downstream() {
@@ -433,7 +486,7 @@ where
             return Ok(None);
         }
 
-        let response_done = session.write_response_tasks(filtered_tasks).await?;
+        let response_done = session.write_response_tasks(tasks).await?;
 
         Ok(Some(response_done))
     }
@@ -1023,11 +1076,34 @@ where
     async fn send_body_to_pipe(
         &self,
         session: &mut Session,
-        mut data: Option<Bytes>,
+        data: Option<Bytes>,
         end_of_body: bool,
         tx: mpsc::Permit<'_, HttpTask>,
         ctx: &mut SV::CTX,
     ) -> Result<bool>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        let (task, end_of_body) = self
+            .filter_request_body(session, data, end_of_body, ctx)
+            .await?;
+        if let Some(task) = task {
+            tx.send(task);
+        }
+        Ok(end_of_body)
+    }
+
+    /// The request body filters of `send_body_to_pipe`: returns the task to send upstream
+    /// (`None`: nothing to write yet) and whether the downstream body is done.
+    /// (modelgate patch: split out so that `proxy_1to1_sequential` shares it.)
+    async fn filter_request_body(
+        &self,
+        session: &mut Session,
+        mut data: Option<Bytes>,
+        end_of_body: bool,
+        ctx: &mut SV::CTX,
+    ) -> Result<(Option<HttpTask>, bool)>
     where
         SV: ProxyHttp + Send + Sync,
         SV::CTX: Send + Sync,
@@ -1056,7 +1132,7 @@ where
          * Don't write 0 bytes to the network since it will be
          * treated as the terminating chunk */
         if !upstream_end_of_body && data.as_ref().is_some_and(|d| d.is_empty()) {
-            return Ok(false);
+            return Ok((None, false));
         }
 
         debug!(
@@ -1065,14 +1141,165 @@ where
         );
 
         // upgraded body needs to be marked
-        if session.was_upgraded() {
-            tx.send(HttpTask::UpgradedBody(data, upstream_end_of_body));
+        let task = if session.was_upgraded() {
+            HttpTask::UpgradedBody(data, upstream_end_of_body)
         } else {
-            tx.send(HttpTask::Body(data, upstream_end_of_body));
+            HttpTask::Body(data, upstream_end_of_body)
+        };
+
+        Ok((Some(task), end_of_body))
+    }
+
+    /// modelgate patch: `proxy_1to1` for the common gateway call, in one loop instead of two
+    /// futures joined over two task channels.
+    ///
+    /// Taken only when nothing is left to stream from the client: the downstream is HTTP/1, its
+    /// request body was read whole before forwarding (modelgate reads it in `request_filter`),
+    /// the request is not an upgrade, caching is off, and the upstream request body is small
+    /// (`request_body_fits_socket_buffers`), so that writing it before reading the answer
+    /// normally completes into the socket buffers even if the upstream answers first; if it
+    /// does not, the peer's `write_timeout` bounds the wait (modelgate always sets one). The
+    /// client is watched from the end of that write on. The body is written through the same filters as
+    /// `send_body_to_pipe`; then each upstream task, with whatever further tasks are already
+    /// readable without waiting (as `process_upstream_tasks` batches from its channel), goes
+    /// through `filter_and_write_tasks`. While waiting for the upstream, the client's
+    /// connection is watched as `proxy_handle_downstream` watches it, so a client that leaves
+    /// still ends the call (and the model's work) at once.
+    async fn proxy_1to1_sequential(
+        &self,
+        session: &mut Session,
+        client_session: &mut HttpSessionV1,
+        ctx: &mut SV::CTX,
+    ) -> Result<(bool, bool)>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        let mut upstream_can_reuse = true;
+        let mut send_error = None;
+
+        let buffer = session.as_ref().get_retry_buffer();
+        let (body, _) = self.filter_request_body(session, buffer, true, ctx).await?;
+        if let Err(e) = send_body_to1(client_session, body).await {
+            // As in `proxy_handle_upstream`: the response may still arrive and be forwarded,
+            // but a partly written request makes the connection unsafe to reuse.
+            warn!("send error, draining read buf: {e}");
+            upstream_can_reuse = false;
+            send_error = Some(e);
         }
 
-        Ok(end_of_body)
+        let mut response_state = ResponseStateMachine::new();
+        let mut serve_from_cache = proxy_cache::ServeFromCache::new();
+        let mut range_body_filter = proxy_cache::range_filter::RangeBodyFilter::new();
+        let mut watch_downstream = true;
+
+        loop {
+            let first = tokio::select! {
+                biased;
+                res = client_session.read_response_task() => res,
+                res = session.downstream_session.read_body_or_idle(true), if watch_downstream => {
+                    match res {
+                        Err(e) => return Err(e.into_down()),
+                        // HTTP/1 reports a finished body's connection only by an error or
+                        // stays pending; anything else is not watched again.
+                        Ok(_) => {
+                            watch_downstream = false;
+                            continue;
+                        }
+                    }
+                }
+            };
+            let mut tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
+            let mut upstream_done =
+                push_upstream_task(&mut tasks, first, &mut send_error, &mut upstream_can_reuse);
+            // tokio::task::unconstrained because now_or_never may yield None when the future is ready
+            while !upstream_done && tasks.len() < TASK_BUFFER_SIZE {
+                let Some(res) =
+                    tokio::task::unconstrained(client_session.read_response_task()).now_or_never()
+                else {
+                    break;
+                };
+                upstream_done =
+                    push_upstream_task(&mut tasks, res, &mut send_error, &mut upstream_can_reuse);
+            }
+            match self
+                .filter_and_write_tasks(
+                    session,
+                    ctx,
+                    tasks,
+                    &mut serve_from_cache,
+                    &mut range_body_filter,
+                    &mut response_state,
+                )
+                .await?
+            {
+                Some(true) => break,
+                Some(false) | None => continue,
+            }
+        }
+
+        let reuse_downstream = match session.as_mut().finish_body().await {
+            Ok(_) => {
+                debug!("finished sending body to downstream");
+                true
+            }
+            Err(e) => {
+                error!("Error finish sending body to downstream: {}", e);
+                false
+            }
+        };
+        Ok((reuse_downstream, upstream_can_reuse))
     }
+}
+
+/// modelgate patch: the largest upstream request body `proxy_1to1_sequential` writes before
+/// reading the answer: within the default send and receive buffers of a Linux TCP socket, so
+/// the write normally completes even if the upstream answers (e.g. 413) without reading it.
+const SEQUENTIAL_MAX_REQUEST_BODY: usize = 64 * 1024;
+
+/// Whether the upstream request declares no body, or a Content-Length body of at most
+/// `SEQUENTIAL_MAX_REQUEST_BODY` bytes (a chunked body is never taken as small).
+fn request_body_fits_socket_buffers(req: &RequestHeader) -> bool {
+    if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return false;
+    }
+    match req.headers.get(http::header::CONTENT_LENGTH) {
+        None => true,
+        Some(v) => std::str::from_utf8(v.as_bytes())
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .is_some_and(|n| n <= SEQUENTIAL_MAX_REQUEST_BODY),
+    }
+}
+
+/// Add an upstream read to a batch for `filter_and_write_tasks` and say whether the response
+/// has ended. A read error becomes a `Failed` task (the write surfaces it). It carries an earlier
+/// request write error if there was one, as `proxy_handle_upstream` does, unless the read error
+/// may be retried (a reused connection the upstream had closed): the duplex path met that read
+/// error first whenever its `select!` polled the read before the write, and the call was then
+/// retried on a fresh connection; here the write always comes first.
+fn push_upstream_task(
+    tasks: &mut Vec<HttpTask>,
+    res: Result<HttpTask>,
+    send_error: &mut Option<Box<Error>>,
+    upstream_can_reuse: &mut bool,
+) -> bool {
+    let task = match res {
+        Ok(task) => task,
+        Err(e) => {
+            // The HTTP/1 message boundary is lost: the connection cannot be reused.
+            *upstream_can_reuse = false;
+            let retryable = !matches!(e.retry, pingora_error::RetryType::Decided(false));
+            let e = match send_error.take() {
+                Some(send_error) if !retryable => send_error,
+                _ => e,
+            };
+            HttpTask::Failed(e.into_up())
+        }
+    };
+    let end = task.is_end();
+    tasks.push(task);
+    end
 }
 
 pub(crate) async fn send_body_to1(
