@@ -1162,7 +1162,8 @@ where
     /// client is watched from the end of that write on. The body is written through the same filters as
     /// `send_body_to_pipe`; then each upstream task, with whatever further tasks are already
     /// readable without waiting (as `process_upstream_tasks` batches from its channel), goes
-    /// through `filter_and_write_tasks`. While waiting for the upstream, the client's
+    /// through `filter_and_write_tasks`, and the task yields between batches as the duplex
+    /// path's channel wakeups made it do. While waiting for the upstream, the client's
     /// connection is watched as `proxy_handle_downstream` watches it, so a client that leaves
     /// still ends the call (and the model's work) at once.
     async fn proxy_1to1_sequential(
@@ -1234,8 +1235,13 @@ where
                 .await?
             {
                 Some(true) => break,
-                Some(false) | None => continue,
+                Some(false) | None => {}
             }
+            // Let the other calls on this thread run before the next batch. The duplex path
+            // did so by waking itself through its channels; without it a stream whose model
+            // keeps up is served batch after batch while new calls wait: under the SSE load
+            // test the full pipeline's median time to first token went from 27 to 90 ms.
+            tokio::task::yield_now().await;
         }
 
         let reuse_downstream = match session.as_mut().finish_body().await {
