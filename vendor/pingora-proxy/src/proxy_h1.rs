@@ -1158,14 +1158,15 @@ where
     /// the request is not an upgrade, caching is off, and the upstream request body is small
     /// (`request_body_fits_socket_buffers`), so that writing it before reading the answer
     /// normally completes into the socket buffers even if the upstream answers first; if it
-    /// does not, the peer's `write_timeout` bounds the wait (modelgate always sets one). The
-    /// client is watched from the end of that write on. The body is written through the same filters as
-    /// `send_body_to_pipe`; then each upstream task, with whatever further tasks are already
-    /// readable without waiting (as `process_upstream_tasks` batches from its channel), goes
-    /// through `filter_and_write_tasks`, and the task yields between batches as the duplex
-    /// path's channel wakeups made it do. While waiting for the upstream, the client's
-    /// connection is watched as `proxy_handle_downstream` watches it, so a client that leaves
-    /// still ends the call (and the model's work) at once.
+    /// does not, the peer's `write_timeout` bounds the wait (modelgate always sets one).
+    ///
+    /// The body is written through the same filters as `send_body_to_pipe`; then each
+    /// upstream task, with whatever further tasks are already readable without waiting (as
+    /// `process_upstream_tasks` batches from its channel), goes through
+    /// `filter_and_write_tasks`, and the task yields between batches as the duplex path's
+    /// channel wakeups made it do. From the end of the body's write, while waiting for the
+    /// upstream, the client's connection is watched as `proxy_handle_downstream` watches it,
+    /// so a client that leaves still ends the call (and the model's work) at once.
     async fn proxy_1to1_sequential(
         &self,
         session: &mut Session,
