@@ -11,7 +11,6 @@ use crate::approval::Approvals;
 use crate::identity::ClientRegistry;
 use crate::metrics::Metrics;
 use crate::routing::UpstreamPool;
-use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora_core::apps::{HttpServerApp, ReusedHttpStream};
 use pingora_core::protocols::http::ServerSession;
@@ -91,7 +90,6 @@ pub(crate) fn error(status: StatusCode, message: &str) -> Response<Vec<u8>> {
     )
 }
 
-#[async_trait]
 impl HttpServerApp for AdminApp {
     async fn process_new_http(
         self: &Arc<Self>,

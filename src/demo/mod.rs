@@ -31,7 +31,6 @@ mod ollama;
 mod openai;
 mod raw;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use log::debug;
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
@@ -329,7 +328,6 @@ impl DemoModel {
     }
 }
 
-#[async_trait]
 impl HttpServerApp for DemoModel {
     async fn process_new_http(
         self: &Arc<Self>,

@@ -26,7 +26,6 @@ use crate::policy::screen::Screen;
 use crate::policy::{KnownNames, Policy};
 use crate::routing::pool::HealthService;
 use crate::routing::{Router, UpstreamPool};
-use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
@@ -459,7 +458,6 @@ fn upstream_error_kind(e: &Error) -> &'static str {
     }
 }
 
-#[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 

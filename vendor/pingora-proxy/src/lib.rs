@@ -1550,7 +1550,6 @@ impl SubrequestSpawner {
     }
 }
 
-#[async_trait]
 impl<SV, C> HttpServerApp for HttpProxy<SV, C>
 where
     SV: ProxyHttp + Send + Sync + 'static,

@@ -42,7 +42,6 @@ pub trait ServeHttp {
 }
 
 // TODO: remove this in favor of HttpServer?
-#[async_trait]
 impl<SV> HttpServerApp for SV
 where
     SV: ServeHttp + Send + Sync,
@@ -133,7 +132,6 @@ impl<SV> HttpServer<SV> {
     }
 }
 
-#[async_trait]
 impl<SV> HttpServerApp for HttpServer<SV>
 where
     SV: ServeHttp + Send + Sync,

@@ -213,7 +213,7 @@ impl ReusedHttpStream {
 }
 
 /// This trait defines the interface of an HTTP application.
-#[async_trait]
+// modelgate patch: native async fns in the trait (no boxed future per request)
 pub trait HttpServerApp {
     /// Similar to the [`ServerApp`], this function is called whenever a new HTTP session is established.
     ///
@@ -222,12 +222,12 @@ pub trait HttpServerApp {
     /// The caller needs to make sure that the connection is in a reusable state
     /// i.e., no error or incomplete read or write headers or bodies. Otherwise
     /// a `None` should be returned.
-    async fn process_new_http(
+    fn process_new_http(
         self: &Arc<Self>,
-        mut session: ServerSession,
+        session: ServerSession,
         // TODO: make this ShutdownWatch so that all task can await on this event
         shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream>;
+    ) -> impl std::future::Future<Output = Option<ReusedHttpStream>> + Send;
 
     /// Provide options on how HTTP/2 connection should be established. This function will be called
     /// every time a new HTTP/2 **connection** needs to be established.
@@ -245,15 +245,17 @@ pub trait HttpServerApp {
         None
     }
 
-    async fn http_cleanup(&self) {}
+    fn http_cleanup(&self) -> impl std::future::Future<Output = ()> + Send {
+        async {}
+    }
 
     #[doc(hidden)]
-    async fn process_custom_session(
+    fn process_custom_session(
         self: Arc<Self>,
         _stream: Stream,
         _shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        None
+    ) -> impl std::future::Future<Output = Option<Stream>> + Send {
+        async { None }
     }
 }
 
