@@ -1161,12 +1161,13 @@ where
     /// does not, the peer's `write_timeout` bounds the wait (modelgate always sets one).
     ///
     /// The body is written through the same filters as `send_body_to_pipe`; then each
-    /// upstream task, with whatever further tasks are already readable without waiting (as
-    /// `process_upstream_tasks` batches from its channel), goes through
-    /// `filter_and_write_tasks`, and the task yields between batches as the duplex path's
-    /// channel wakeups made it do. From the end of the body's write, while waiting for the
-    /// upstream, the client's connection is watched as `proxy_handle_downstream` watches it,
-    /// so a client that leaves still ends the call (and the model's work) at once.
+    /// upstream task, with whatever further tasks are already readable without waiting (up
+    /// to `SEQUENTIAL_BATCH_TASKS` tasks or `SEQUENTIAL_BATCH_BYTES` of body), goes through
+    /// `filter_and_write_tasks` and out in one write, and the task yields between batches
+    /// as the duplex path's channel wakeups made it do. From the end of the body's write,
+    /// while waiting for the upstream, the client's connection is watched as
+    /// `proxy_handle_downstream` watches it, so a client that leaves still ends the call (and
+    /// the model's work) at once.
     async fn proxy_1to1_sequential(
         &self,
         session: &mut Session,
@@ -1211,11 +1212,19 @@ where
                     }
                 }
             };
-            let mut tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
+            let mut tasks = Vec::with_capacity(SEQUENTIAL_BATCH_TASKS);
             let mut upstream_done =
                 push_upstream_task(&mut tasks, first, &mut send_error, &mut upstream_can_reuse);
+            let mut batch_bytes = task_body_len(tasks.last());
+            // Everything already readable goes out in one downstream write, as nginx writes
+            // what one read brought: a model's stream arrives as many small chunks (one per
+            // SSE event), and a batch of at most `TASK_BUFFER_SIZE` (the duplex path's channel
+            // size) cut one read of them into several sends.
             // tokio::task::unconstrained because now_or_never may yield None when the future is ready
-            while !upstream_done && tasks.len() < TASK_BUFFER_SIZE {
+            while !upstream_done
+                && tasks.len() < SEQUENTIAL_BATCH_TASKS
+                && batch_bytes < SEQUENTIAL_BATCH_BYTES
+            {
                 let Some(res) =
                     tokio::task::unconstrained(client_session.read_response_task()).now_or_never()
                 else {
@@ -1223,6 +1232,7 @@ where
                 };
                 upstream_done =
                     push_upstream_task(&mut tasks, res, &mut send_error, &mut upstream_can_reuse);
+                batch_bytes += task_body_len(tasks.last());
             }
             match self
                 .filter_and_write_tasks(
@@ -1276,6 +1286,19 @@ fn request_body_fits_socket_buffers(req: &RequestHeader) -> bool {
             .ok()
             .and_then(|s| s.trim().parse::<usize>().ok())
             .is_some_and(|n| n <= SEQUENTIAL_MAX_REQUEST_BODY),
+    }
+}
+
+/// Most upstream tasks `proxy_1to1_sequential` gathers into one batch (one downstream write).
+const SEQUENTIAL_BATCH_TASKS: usize = 64;
+/// Most body bytes it gathers into one batch; a batch is closed once it holds this many.
+const SEQUENTIAL_BATCH_BYTES: usize = 64 * 1024;
+
+/// The body bytes a task carries.
+fn task_body_len(task: Option<&HttpTask>) -> usize {
+    match task {
+        Some(HttpTask::Body(Some(b), _) | HttpTask::UpgradedBody(Some(b), _)) => b.len(),
+        _ => 0,
     }
 }
 
