@@ -33,7 +33,6 @@ struct RetryCtx {
 
 struct BackoffRetryProxy;
 
-#[async_trait]
 impl ProxyHttp for BackoffRetryProxy {
     type CTX = RetryCtx;
     fn new_ctx(&self) -> Self::CTX {

@@ -39,7 +39,6 @@ fn check_beta_user(req: &pingora_http::RequestHeader) -> bool {
     req.headers.get("beta-flag").is_some()
 }
 
-#[async_trait]
 impl ProxyHttp for MyProxy {
     type CTX = MyCtx;
     fn new_ctx(&self) -> Self::CTX {

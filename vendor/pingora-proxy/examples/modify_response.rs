@@ -39,7 +39,6 @@ pub struct MyCtx {
     buffer: Vec<u8>,
 }
 
-#[async_trait]
 impl ProxyHttp for Json2Yaml {
     type CTX = MyCtx;
     fn new_ctx(&self) -> Self::CTX {

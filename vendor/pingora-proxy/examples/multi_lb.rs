@@ -28,7 +28,6 @@ struct Router {
     cluster_two: Arc<LoadBalancer<RoundRobin>>,
 }
 
-#[async_trait]
 impl ProxyHttp for Router {
     type CTX = ();
     fn new_ctx(&self) {}

@@ -1212,7 +1212,7 @@ where
                     }
                 }
             };
-            let mut tasks = Vec::with_capacity(SEQUENTIAL_BATCH_TASKS);
+            let mut tasks = Vec::with_capacity(16);
             let mut upstream_done =
                 push_upstream_task(&mut tasks, first, &mut send_error, &mut upstream_can_reuse);
             let mut batch_bytes = task_body_len(tasks.last());
@@ -1291,8 +1291,10 @@ fn request_body_fits_socket_buffers(req: &RequestHeader) -> bool {
 
 /// Most upstream tasks `proxy_1to1_sequential` gathers into one batch (one downstream write).
 const SEQUENTIAL_BATCH_TASKS: usize = 64;
-/// Most body bytes it gathers into one batch; a batch is closed once it holds this many.
-const SEQUENTIAL_BATCH_BYTES: usize = 64 * 1024;
+/// Most body bytes it gathers into one batch; a batch is closed once it holds this many. The
+/// downstream session's write buffer keeps the capacity of its largest batch for the rest of the
+/// response, so this also bounds what a long stream holds (one read of SSE events is a few KiB).
+const SEQUENTIAL_BATCH_BYTES: usize = 16 * 1024;
 
 /// The body bytes a task carries.
 fn task_body_len(task: Option<&HttpTask>) -> usize {
@@ -1425,7 +1427,6 @@ mod tests {
 
     struct ResponseFilter101;
 
-    #[async_trait]
     impl ProxyHttp for ResponseFilter101 {
         type CTX = ();
 
