@@ -14,7 +14,6 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 
 use log::info;
 use pingora_core::connectors::l4::ConnectErrorExt;

@@ -1,4 +1,3 @@
-use async_trait::async_trait;
 use once_cell::sync::Lazy;
 use pingora_core::prelude::*;
 use pingora_http::{RequestHeader, ResponseHeader};
