@@ -117,6 +117,11 @@ impl Services {
 
     /// Adds the services to `server`.
     pub fn add_to(self, server: &mut Server, config: &Config) {
+        // Process-wide, before any connection is read (a config change is
+        // a new process: see `reload`).
+        pingora_core::protocols::http::v1::common::set_preserve_header_case(
+            config.http.preserve_header_case,
+        );
         let pools = self.gateway.pools();
         let mut proxy = pingora_proxy::http_proxy_service_with_name(
             &server.configuration,

@@ -15,6 +15,10 @@ use std::fmt;
 #[derive(Clone)]
 pub struct UpstreamCredential {
     header: HeaderName,
+    /// `header`'s name as bytes, for `insert_header`: a shared `Bytes` is
+    /// taken as the name without a copy (a `HeaderName` is copied into one
+    /// on every call).
+    header_bytes: bytes::Bytes,
     value: Option<HeaderValue>,
 }
 
@@ -34,7 +38,12 @@ impl fmt::Debug for UpstreamCredential {
 }
 
 /// Client headers that carry the client's own credentials; never forwarded.
-const CLIENT_CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "x-api-key", "proxy-authorization"];
+/// Parsed once: a name given as a string is parsed on every removal.
+const CLIENT_CREDENTIAL_HEADERS: [HeaderName; 3] = [
+    http::header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    http::header::PROXY_AUTHORIZATION,
+];
 
 impl UpstreamCredential {
     /// Loads the credential for pool `name`.
@@ -72,17 +81,22 @@ impl UpstreamCredential {
                 Ok::<_, ConfigError>(v)
             })
             .transpose()?;
-        Ok(UpstreamCredential { header, value })
+        let header_bytes = bytes::Bytes::copy_from_slice(header.as_str().as_bytes());
+        Ok(UpstreamCredential {
+            header,
+            header_bytes,
+            value,
+        })
     }
 
     /// Strips the client's credentials from `req` and adds the pool's.
     pub fn apply(&self, req: &mut RequestHeader) {
-        for h in CLIENT_CREDENTIAL_HEADERS {
+        for h in &CLIENT_CREDENTIAL_HEADERS {
             req.remove_header(h);
         }
         if let Some(v) = &self.value {
             // insert_header only fails on invalid names/values; both are pre-validated.
-            let _ = req.insert_header(self.header.clone(), v.clone());
+            let _ = req.insert_header(self.header_bytes.clone(), v.clone());
         }
     }
 }

@@ -215,35 +215,25 @@ fn an_upstream_that_hangs() {
 /// empty) and then holds the connection; for every call it reports how
 /// long after the request it saw the gateway close the connection.
 fn holding_model(answer: &'static str) -> (String, std::sync::mpsc::Receiver<Duration>) {
-    let model = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = model.local_addr().unwrap().to_string();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for mut s in model.incoming().flatten() {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-                let mut buf = [0u8; 16384];
-                // Health checks connect and close without a request.
-                if !matches!(s.read(&mut buf), Ok(n) if n > 0) {
-                    return;
-                }
-                let asked = Instant::now();
-                if !answer.is_empty() {
-                    s.write_all(answer.as_bytes()).unwrap();
-                }
-                // Whatever is still to come of the request, then the close.
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {}
-                    }
-                }
-                let _ = tx.send(asked.elapsed());
-            });
+    raw_model(move |mut s, tx| {
+        let mut buf = [0u8; 16384];
+        // Health checks connect and close without a request.
+        if !matches!(s.read(&mut buf), Ok(n) if n > 0) {
+            return;
         }
-    });
-    (addr, rx)
+        let asked = Instant::now();
+        if !answer.is_empty() {
+            s.write_all(answer.as_bytes()).unwrap();
+        }
+        // Whatever is still to come of the request, then the close.
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let _ = tx.send(asked.elapsed());
+    })
 }
 
 /// A raw client call of the chat endpoint (Content-Length body).

@@ -680,3 +680,118 @@ fn an_unauthenticated_body_is_not_drained() {
         started.elapsed()
     );
 }
+
+/// A model host that answers one canned JSON response per request and
+/// sends each request's head (everything up to the blank line) to the test.
+fn recording_model() -> (String, std::sync::mpsc::Receiver<String>) {
+    use std::io::Write;
+    raw_model(|mut s, tx| {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 16384];
+        loop {
+            // Health checks connect and close without a request.
+            let Ok(n @ 1..) = s.read(&mut buf) else {
+                return;
+            };
+            seen.extend_from_slice(&buf[..n]);
+            let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            while seen.len() < end + 4 + length {
+                let Ok(n @ 1..) = s.read(&mut buf) else {
+                    return;
+                };
+                seen.extend_from_slice(&buf[..n]);
+            }
+            seen.drain(..end + 4 + length);
+            let _ = tx.send(head);
+            let body = r#"{"id":"x","object":"chat.completion","choices":[]}"#;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Model-Trace: m-1\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if s.write_all(answer.as_bytes()).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+#[test]
+fn header_names_are_relayed_lower_case_unless_case_is_preserved() {
+    let (addr, heads) = recording_model();
+    let body = chat("demo-model", false).to_string();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {ALICE_KEY}\r\n\
+         Content-Type: application/json\r\nX-Client-Trace: c-1\r\nContent-Length: {}\r\n\
+         Connection: close\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n\r\n{body}",
+        body.len()
+    );
+    for (setting, client_header, model_header) in [
+        ("", "x-client-trace: c-1", "x-model-trace: m-1"),
+        (
+            "http: {preserve_header_case: false}\n",
+            "x-client-trace: c-1",
+            "x-model-trace: m-1",
+        ),
+        (
+            "http: {preserve_header_case: true}\n",
+            "X-Client-Trace: c-1",
+            "X-Model-Trace: m-1",
+        ),
+    ] {
+        let gw = Gateway::start(
+            &format!(
+                "upstreams:\n  m:\n    hosts: [\"{addr}\"]\n    credential: \"Bearer svc\"\n\
+                 routes:\n  - {{path_prefix: \"/v1/\", upstream: m}}\n\
+                 policies:\n  default: {{mask: {{response: none}}}}\n{setting}"
+            ),
+            &[],
+            true,
+        );
+        let answer = raw_exchange(&gw.addr, request.as_bytes(), None, Duration::from_secs(10));
+        assert!(answer.starts_with("HTTP/1.1 200"), "{setting}: {answer}");
+        let head = heads.recv_timeout(Duration::from_secs(10)).unwrap();
+        // Exactly as spelled: the name's case is what is being tested.
+        assert!(
+            head.lines().any(|l| l == client_header),
+            "{setting}: the model got\n{head}"
+        );
+        assert!(
+            answer.lines().any(|l| l.trim_end() == model_header),
+            "{setting}: the client got\n{answer}"
+        );
+        // The values, the credential swap and the body framing are the same
+        // either way; the standard names Pingora title-cases stay so.
+        assert!(
+            head.lines().any(|l| l == "Content-Type: application/json"),
+            "{head}"
+        );
+        assert!(
+            head.lines()
+                .any(|l| l.eq_ignore_ascii_case("authorization: Bearer svc")),
+            "{head}"
+        );
+        assert!(!head.contains(ALICE_KEY), "{head}");
+        // Hop-by-hop fields stay on the client's side.
+        for hop in ["connection:", "keep-alive:", "te:"] {
+            assert!(
+                !head
+                    .lines()
+                    .any(|l| l.to_ascii_lowercase().starts_with(hop)),
+                "{hop} {head}"
+            );
+        }
+        assert!(answer.ends_with(r#""choices":[]}"#), "{answer}");
+    }
+}

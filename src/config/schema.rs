@@ -37,6 +37,9 @@ pub struct Config {
     /// Request limits and client-side timeouts.
     #[serde(default)]
     pub limits: Limits,
+    /// How HTTP/1 messages are relayed.
+    #[serde(default)]
+    pub http: HttpConfig,
     /// Clients allowed to call the gateway.
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
@@ -220,6 +223,19 @@ pub struct AdminConfig {
     /// `/readyz`. Without it those endpoints answer 403.
     #[serde(default)]
     pub token: Option<Secret>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Relay HTTP/1 header names as the client and the model spelled them
+    /// (`X-Custom-Thing`). Default `false`: names are relayed as HTTP/2
+    /// carries them, lower-case, except a dozen standard ones Pingora
+    /// title-cases (`Content-Type`, `Host`, ...). Header names are
+    /// case-insensitive (RFC 9110 section 5.1); keeping every name's spelling
+    /// costs a second map per message (about a tenth of the passthrough
+    /// proxy's instructions per call).
+    pub preserve_header_case: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -123,19 +123,19 @@ pub fn is_json(req: &RequestHeader, body: &[u8]) -> bool {
 /// path as written, so such a path could slip past a rule that names the
 /// decoded one. Escapes of reserved characters (`%2F` in a model id) stay.
 pub fn check_path(path: &str) -> Result<(), ClientError> {
+    // One pass over the bytes (this runs on every call).
     let b = path.as_bytes();
-    let mut bad = path.contains("//");
-    for seg in path.split('/').skip(1) {
-        bad |= seg == "." || seg == "..";
-    }
-    for (i, _) in path.match_indices('%') {
-        let hex = b
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok());
-        match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-            Some(c) if c.is_ascii_alphanumeric() || b"-._~".contains(&c) => bad = true,
-            Some(_) => {}
-            None => bad = true, // `%` not followed by two hex digits
+    let mut bad = false;
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'/' => {
+                // The segment this slash starts: empty before another slash
+                // (`//`), or a dot segment.
+                let seg = b[i + 1..].split(|&c| c == b'/').next().unwrap_or_default();
+                bad |= (seg.is_empty() && i + 1 < b.len()) || seg == b"." || seg == b"..";
+            }
+            b'%' => bad |= bad_escape(b, i),
+            _ => {}
         }
     }
     if bad {
@@ -144,6 +144,18 @@ pub fn check_path(path: &str) -> Result<(), ClientError> {
         ));
     }
     Ok(())
+}
+
+/// Whether the `%` at `b[i]` escapes an unreserved character or is not
+/// followed by two hex digits.
+fn bad_escape(b: &[u8], i: usize) -> bool {
+    let hex = b
+        .get(i + 1..i + 3)
+        .and_then(|h| std::str::from_utf8(h).ok());
+    match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+        Some(c) => c.is_ascii_alphanumeric() || b"-._~".contains(&c),
+        None => true,
+    }
 }
 
 #[derive(Deserialize)]
@@ -197,6 +209,32 @@ mod tests {
             "/v1/%4",
         ] {
             assert!(check_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The first version of `check_path` (its escape check now shared as
+    /// `bad_escape`), kept as the oracle for the one-pass one.
+    fn check_path_reference(path: &str) -> bool {
+        let b = path.as_bytes();
+        let mut bad = path.contains("//");
+        for seg in path.split('/').skip(1) {
+            bad |= seg == "." || seg == "..";
+        }
+        for (i, _) in path.match_indices('%') {
+            bad |= bad_escape(b, i);
+        }
+        !bad
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn check_path_agrees_with_its_reference(path in "[/.%a-fA-F0-9xz~_-]{0,24}") {
+            proptest::prop_assert_eq!(check_path(&path).is_ok(), check_path_reference(&path));
+        }
+
+        #[test]
+        fn check_path_agrees_on_any_text(path in "\\PC{0,16}") {
+            proptest::prop_assert_eq!(check_path(&path).is_ok(), check_path_reference(&path));
         }
     }
 

@@ -608,7 +608,10 @@ impl ProxyHttp for Gateway {
         pool.credential.apply(req);
         ctx.forwarded = Some(std::time::Instant::now());
         // Plain bodies only: the masker must read what the model says.
-        req.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
+        req.insert_header(
+            "accept-encoding",
+            http::HeaderValue::from_static("identity"),
+        )?;
         if let Some(host) = &pool.host_header {
             req.insert_header(http::header::HOST, host.as_str())?;
         }

@@ -298,6 +298,28 @@ pub fn chat(model: &str, stream: bool) -> serde_json::Value {
     })
 }
 
+/// A model host on a loopback port, written by the test: each connection
+/// gets its own thread running `serve` (with a 20 s read timeout), which
+/// reports what it saw on the returned channel. The gateway's health checks
+/// connect and close without a request; `serve` sees those too.
+pub fn raw_model<T: Send + 'static>(
+    serve: impl Fn(TcpStream, std::sync::mpsc::Sender<T>) + Clone + Send + 'static,
+) -> (String, std::sync::mpsc::Receiver<T>) {
+    let model = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = model.local_addr().unwrap().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in model.incoming().flatten() {
+            let (tx, serve) = (tx.clone(), serve.clone());
+            std::thread::spawn(move || {
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                serve(s, tx)
+            });
+        }
+    });
+    (addr, rx)
+}
+
 /// Sends raw bytes and returns everything the server answers until it closes
 /// or `timeout` passes.
 pub fn raw_exchange(

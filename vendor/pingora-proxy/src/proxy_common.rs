@@ -175,7 +175,31 @@ impl ConnectionNominations {
     }
 }
 
+/// modelgate patch: whether `req` carries any field
+/// [`strip_standard_hop_by_hop_headers`] removes. Most requests carry none,
+/// and removing an absent field still costs a hash lookup (after parsing
+/// the name, when it is given as a string); one pass over the few names
+/// present is cheaper.
+fn has_standard_hop_by_hop(req: &RequestHeader) -> bool {
+    req.headers.keys().any(|n| {
+        *n == header::PROXY_AUTHENTICATE
+            || *n == header::PROXY_AUTHORIZATION
+            || *n == header::TE
+            || *n == header::TRAILER
+            || *n == header::TRANSFER_ENCODING
+            || *n == header::CONNECTION
+            || *n == header::UPGRADE
+            || n == KEEP_ALIVE
+            || n == PROXY_CONNECTION
+            || n == HTTP2_SETTINGS
+    })
+}
+
 fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
+    // modelgate patch: see `has_standard_hop_by_hop`.
+    if !has_standard_hop_by_hop(req) {
+        return;
+    }
     req.remove_header(KEEP_ALIVE);
     req.remove_header(PROXY_CONNECTION);
     req.remove_header(&header::PROXY_AUTHENTICATE);
@@ -360,18 +384,24 @@ pub(crate) fn sanitize_h1_upstream_request(
 
     match policy.h1_upgrade {
         H1UpgradePolicy::WebSocketOnly => {
-            req.remove_header(&header::CONNECTION);
-            req.remove_header(&header::UPGRADE);
-            req.remove_header(HTTP2_SETTINGS);
+            // modelgate patch: see `has_standard_hop_by_hop` (a superset).
+            if has_standard_hop_by_hop(req) {
+                req.remove_header(&header::CONNECTION);
+                req.remove_header(&header::UPGRADE);
+                req.remove_header(HTTP2_SETTINGS);
+            }
             if websocket_upgrade {
                 req.insert_header(header::CONNECTION, "Upgrade")?;
                 req.insert_header(header::UPGRADE, "websocket")?;
             }
         }
         H1UpgradePolicy::Deny => {
-            req.remove_header(&header::CONNECTION);
-            req.remove_header(&header::UPGRADE);
-            req.remove_header(HTTP2_SETTINGS);
+            // modelgate patch: see `has_standard_hop_by_hop` (a superset).
+            if has_standard_hop_by_hop(req) {
+                req.remove_header(&header::CONNECTION);
+                req.remove_header(&header::UPGRADE);
+                req.remove_header(HTTP2_SETTINGS);
+            }
         }
         H1UpgradePolicy::Preserve => {}
     }

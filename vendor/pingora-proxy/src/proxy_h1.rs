@@ -45,7 +45,12 @@ where
 
         // phase 2 send to upstream
 
-        let mut req = session.req_header().clone();
+        // modelgate patch: the upstream request starts from the header as
+        // parsed, with room for the headers the filters add, and the session
+        // keeps the copy (a copy's header map has no spare room, so the
+        // first header added to it grew it).
+        let copy = session.req_header().clone();
+        let mut req = std::mem::replace(session.req_header_mut(), copy);
         let authority_policy = AuthorityPolicy::from(session.downstream_session.is_custom());
         let downstream_had_host = req.headers.contains_key(http::header::HOST);
         req.set_version(Version::HTTP_11);

@@ -294,7 +294,14 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, resp.headers);
 
-                        let mut response_header = match ResponseHeader::build(
+                        // modelgate patch: no case map unless asked for
+                        // (`super::common::preserve_header_case`).
+                        let build = if super::common::preserve_header_case() {
+                            ResponseHeader::build
+                        } else {
+                            ResponseHeader::build_no_case
+                        };
+                        let mut response_header = match build(
                             resp.code.unwrap(),
                             // modelgate patch: room for the headers the proxy adds
                             Some(resp.headers.len() + super::common::HEADER_HEADROOM),
@@ -448,8 +455,14 @@ impl HttpSession {
     /// Similar to [`Self::read_response()`], read the response header and then return a copy of it.
     pub async fn read_resp_header_parts(&mut self) -> Result<Box<ResponseHeader>> {
         self.read_response().await?;
+        // modelgate patch: the caller gets the header as parsed, with room
+        // for the headers a proxy adds, and the session keeps the copy (it
+        // only reads it). A copy's header map has no spare room, so the
+        // first header the proxy added to it grew it (`RawVec::grow_one`).
         // safe to unwrap because it is just read
-        Ok(Box::new(self.resp_header().unwrap().clone()))
+        let parsed = self.response_header.take().unwrap();
+        self.response_header = Some(Box::new((*parsed).clone()));
+        Ok(parsed)
     }
 
     /// Return a reference of the [`ResponseHeader`] if the response is read

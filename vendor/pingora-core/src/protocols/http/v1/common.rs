@@ -37,6 +37,27 @@ pub(crate) const BODY_BUF_LIMIT: usize = 1024 * 64;
 /// maps (and their case maps) grow and rehash on every call.
 pub(crate) const HEADER_HEADROOM: usize = 4;
 
+/// modelgate patch: whether parsed HTTP/1 headers keep a case map (the
+/// header names' original spelling, written back on the wire). Pingora
+/// always keeps one; without it, names go out as Pingora writes names it
+/// did not parse: a dozen standard ones title-cased (`Content-Type`,
+/// `Host`, ...), the rest lower-case, as in HTTP/2. HTTP/1 header names are
+/// case-insensitive (RFC 9110 section 5.1). Set once at start-up, before
+/// any session is read.
+static PRESERVE_HEADER_CASE: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(true);
+
+/// modelgate patch: see [`PRESERVE_HEADER_CASE`].
+pub fn set_preserve_header_case(preserve: bool) {
+    PRESERVE_HEADER_CASE.store(preserve, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// modelgate patch: see [`PRESERVE_HEADER_CASE`].
+#[inline]
+pub fn preserve_header_case() -> bool {
+    PRESERVE_HEADER_CASE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub const CRLF: &[u8; 2] = b"\r\n";
 /// The empty line that terminates a message's header section.
 pub(super) const HEADER_SECTION_END: &[u8; 4] = b"\r\n\r\n";
@@ -342,6 +363,20 @@ pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
     // not, then it's an error.
     let mut content_length: Option<u64> = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
+        // modelgate patch: a value of digits only (nearly every one) is a
+        // single number, parsed as the split below would parse it, without
+        // the UTF-8 check, split and trim (this runs about six times per
+        // proxied call).
+        let bytes = value.as_bytes();
+        if !bytes.is_empty() && bytes.iter().all(u8::is_ascii_digit) {
+            let n = from_digits(bytes)?;
+            match content_length {
+                None => content_length = Some(n),
+                Some(prev) if prev != n => return None,
+                Some(_) => {}
+            }
+            continue;
+        }
         // A non-visible-ASCII value can't be a valid Content-Length, so the
         // framing is ambiguous.
         let line = value.to_str().ok()?;
