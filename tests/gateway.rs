@@ -687,32 +687,9 @@ fn recording_model() -> (String, std::sync::mpsc::Receiver<String>) {
     use std::io::Write;
     raw_model(|mut s, tx| {
         let mut seen = Vec::new();
-        let mut buf = [0u8; 16384];
-        loop {
-            // Health checks connect and close without a request.
-            let Ok(n @ 1..) = s.read(&mut buf) else {
-                return;
-            };
-            seen.extend_from_slice(&buf[..n]);
-            let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
-                continue;
-            };
-            let head = String::from_utf8_lossy(&seen[..end]).into_owned();
-            let length: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
-            while seen.len() < end + 4 + length {
-                let Ok(n @ 1..) = s.read(&mut buf) else {
-                    return;
-                };
-                seen.extend_from_slice(&buf[..n]);
-            }
-            seen.drain(..end + 4 + length);
+        // Health checks connect and close without a request.
+        while let Some((head, len)) = read_message(&mut s, &mut seen) {
+            seen.drain(..len);
             let _ = tx.send(head);
             let body = r#"{"id":"x","object":"chat.completion","choices":[]}"#;
             let answer = format!(
@@ -725,6 +702,33 @@ fn recording_model() -> (String, std::sync::mpsc::Receiver<String>) {
             }
         }
     })
+}
+
+/// Reads from `s` into `seen` until it holds one whole HTTP/1 message with
+/// a Content-Length body (none: no body); returns its head (up to the blank
+/// line) and its length in bytes, or `None` if the peer closed first.
+fn read_message(s: &mut std::net::TcpStream, seen: &mut Vec<u8>) -> Option<(String, usize)> {
+    let mut buf = [0u8; 16384];
+    loop {
+        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if seen.len() >= end + 4 + length {
+                return Some((head, end + 4 + length));
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(n @ 1..) => seen.extend_from_slice(&buf[..n]),
+            _ => return None,
+        }
+    }
 }
 
 #[test]
@@ -793,5 +797,58 @@ fn header_names_are_relayed_lower_case_unless_case_is_preserved() {
             );
         }
         assert!(answer.ends_with(r#""choices":[]}"#), "{answer}");
+    }
+}
+
+#[test]
+fn each_hop_by_hop_field_stays_on_the_client_side() {
+    // One field per call and no `Connection` (which alone would make every
+    // removal run): each must be stripped on its own.
+    let (addr, heads) = recording_model();
+    let gw = Gateway::start(
+        &format!(
+            "upstreams:\n  m:\n    hosts: [\"{addr}\"]\n    credential: \"Bearer svc\"\n\
+             routes:\n  - {{path_prefix: \"/v1/\", upstream: m}}\n\
+             policies:\n  default: {{mask: {{response: none}}}}\n"
+        ),
+        &[],
+        true,
+    );
+    let body = chat("demo-model", false).to_string();
+    let mut c = std::net::TcpStream::connect(&gw.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for (name, value) in [
+        ("TE", "trailers"),
+        ("Trailer", "Expires"),
+        ("Keep-Alive", "timeout=5"),
+        ("Proxy-Connection", "keep-alive"),
+        ("Proxy-Authenticate", "Basic"),
+        ("Proxy-Authorization", "Basic eDp5"),
+        ("Upgrade", "h2c"),
+        ("HTTP2-Settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+    ] {
+        let request = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {ALICE_KEY}\r\n\
+             Content-Type: application/json\r\n{name}: {value}\r\nX-Client-Trace: {name}\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        use std::io::Write;
+        c.write_all(request.as_bytes()).unwrap();
+        let mut seen = Vec::new();
+        let (_, len) = read_message(&mut c, &mut seen).expect("an answer");
+        let answer = String::from_utf8_lossy(&seen[..len]).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{name}: {answer}");
+        let head = heads.recv_timeout(Duration::from_secs(10)).unwrap();
+        let lower = head.to_ascii_lowercase();
+        assert!(
+            lower.contains(&format!("x-client-trace: {}", name.to_ascii_lowercase())),
+            "{name}: the call did not reach the model as sent\n{head}"
+        );
+        let field = format!("{}:", name.to_ascii_lowercase());
+        assert!(
+            !lower.lines().any(|l| l.starts_with(&field)),
+            "{name} reached the model\n{head}"
+        );
     }
 }

@@ -149,8 +149,11 @@ pub fn check_path(path: &str) -> Result<(), ClientError> {
 /// Whether the `%` at `b[i]` escapes an unreserved character or is not
 /// followed by two hex digits.
 fn bad_escape(b: &[u8], i: usize) -> bool {
+    // Two hex digits exactly: `from_str_radix` alone would also take a sign
+    // (`%+A`).
     let hex = b
         .get(i + 1..i + 3)
+        .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
         .and_then(|h| std::str::from_utf8(h).ok());
     match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
         Some(c) => c.is_ascii_alphanumeric() || b"-._~".contains(&c),
@@ -207,6 +210,8 @@ mod tests {
             "/v1/..",
             "/v1/%zz",
             "/v1/%4",
+            "/v1/%+A",
+            "/v1/%-1",
         ] {
             assert!(check_path(bad).is_err(), "{bad}");
         }
@@ -228,7 +233,7 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn check_path_agrees_with_its_reference(path in "[/.%a-fA-F0-9xz~_-]{0,24}") {
+        fn check_path_agrees_with_its_reference(path in "[/.%a-fA-F0-9xz~_+-]{0,24}") {
             proptest::prop_assert_eq!(check_path(&path).is_ok(), check_path_reference(&path));
         }
 

@@ -175,24 +175,27 @@ impl ConnectionNominations {
     }
 }
 
-/// modelgate patch: whether `req` carries any field
-/// [`strip_standard_hop_by_hop_headers`] removes. Most requests carry none,
-/// and removing an absent field still costs a hash lookup (after parsing
-/// the name, when it is given as a string); one pass over the few names
-/// present is cheaper.
+/// modelgate patch: the standard hop-by-hop request fields, parsed once;
+/// one list for the check below and the removals.
+static STANDARD_HOP_BY_HOP: [HeaderName; 10] = [
+    HeaderName::from_static(KEEP_ALIVE),
+    HeaderName::from_static(PROXY_CONNECTION),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::CONNECTION,
+    header::UPGRADE,
+    HeaderName::from_static(HTTP2_SETTINGS),
+];
+
+/// modelgate patch: whether `req` carries any of [`STANDARD_HOP_BY_HOP`].
+/// Most requests carry none, and removing an absent field still costs a
+/// hash lookup (after parsing the name, when it is given as a string); one
+/// pass over the few names present is cheaper.
 fn has_standard_hop_by_hop(req: &RequestHeader) -> bool {
-    req.headers.keys().any(|n| {
-        *n == header::PROXY_AUTHENTICATE
-            || *n == header::PROXY_AUTHORIZATION
-            || *n == header::TE
-            || *n == header::TRAILER
-            || *n == header::TRANSFER_ENCODING
-            || *n == header::CONNECTION
-            || *n == header::UPGRADE
-            || n == KEEP_ALIVE
-            || n == PROXY_CONNECTION
-            || n == HTTP2_SETTINGS
-    })
+    req.headers.keys().any(|n| STANDARD_HOP_BY_HOP.contains(n))
 }
 
 fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
@@ -200,16 +203,9 @@ fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
     if !has_standard_hop_by_hop(req) {
         return;
     }
-    req.remove_header(KEEP_ALIVE);
-    req.remove_header(PROXY_CONNECTION);
-    req.remove_header(&header::PROXY_AUTHENTICATE);
-    req.remove_header(&header::PROXY_AUTHORIZATION);
-    req.remove_header(&header::TE);
-    req.remove_header(&header::TRAILER);
-    req.remove_header(&header::TRANSFER_ENCODING);
-    req.remove_header(&header::CONNECTION);
-    req.remove_header(&header::UPGRADE);
-    req.remove_header(HTTP2_SETTINGS);
+    for name in &STANDARD_HOP_BY_HOP {
+        req.remove_header(name);
+    }
 }
 
 /// Set H1 `Host` from the URI or absolute-form authority.
@@ -384,8 +380,10 @@ pub(crate) fn sanitize_h1_upstream_request(
 
     match policy.h1_upgrade {
         H1UpgradePolicy::WebSocketOnly => {
-            // modelgate patch: see `has_standard_hop_by_hop` (a superset).
-            if has_standard_hop_by_hop(req) {
+            // modelgate patch: nothing to remove when the strip above ran
+            // (these three are among its fields) or none of its fields is
+            // here (see `has_standard_hop_by_hop`).
+            if !policy.strip_hop_by_hop && has_standard_hop_by_hop(req) {
                 req.remove_header(&header::CONNECTION);
                 req.remove_header(&header::UPGRADE);
                 req.remove_header(HTTP2_SETTINGS);
@@ -396,8 +394,8 @@ pub(crate) fn sanitize_h1_upstream_request(
             }
         }
         H1UpgradePolicy::Deny => {
-            // modelgate patch: see `has_standard_hop_by_hop` (a superset).
-            if has_standard_hop_by_hop(req) {
+            // modelgate patch: as in the arm above.
+            if !policy.strip_hop_by_hop && has_standard_hop_by_hop(req) {
                 req.remove_header(&header::CONNECTION);
                 req.remove_header(&header::UPGRADE);
                 req.remove_header(HTTP2_SETTINGS);

@@ -452,7 +452,8 @@ impl HttpSession {
         }
     }
 
-    /// Similar to [`Self::read_response()`], read the response header and then return a copy of it.
+    /// Similar to [`Self::read_response()`], read the response header and then return it; the
+    /// session keeps a copy (modelgate patch: it returned the copy and kept the original).
     pub async fn read_resp_header_parts(&mut self) -> Result<Box<ResponseHeader>> {
         self.read_response().await?;
         // modelgate patch: the caller gets the header as parsed, with room
