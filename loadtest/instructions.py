@@ -67,9 +67,10 @@ def measure(binary, kind, workload, seconds, out):
             g.stop()
     finally:
         model.stop()
-    dumps = sorted(p for p in os.listdir(os.path.dirname(out))
-                   if p.startswith(os.path.basename(out) + "."))
-    dump = os.path.join(os.path.dirname(out), dumps[0])
+    # `--dump` writes OUT.1 (the exit writes OUT itself, from the zeroing on).
+    dump = out + ".1"
+    if not os.path.exists(dump):
+        sys.exit(f"{binary}: callgrind wrote no dump {dump}")
     ann = subprocess.run(["callgrind_annotate", "--tree=caller", "--threshold=100", dump],
                          capture_output=True, text=True, check=True).stdout
     total = int(re.search(r"([\d,]+) \(100\.0%\)\s+PROGRAM TOTALS", ann).group(1).replace(",", ""))
