@@ -14,11 +14,10 @@ use std::fmt;
 /// The credential a pool sends upstream.
 #[derive(Clone)]
 pub struct UpstreamCredential {
-    header: HeaderName,
-    /// `header`'s name as bytes, for `insert_header`: a shared `Bytes` is
-    /// taken as the name without a copy (a `HeaderName` is copied into one
-    /// on every call).
-    header_bytes: bytes::Bytes,
+    /// The header's name, checked as a `HeaderName` when loaded and kept as
+    /// bytes for `insert_header`: a shared `Bytes` is taken as the name
+    /// without a copy (a `HeaderName` is copied into one on every call).
+    header: bytes::Bytes,
     value: Option<HeaderValue>,
 }
 
@@ -27,7 +26,7 @@ impl fmt::Debug for UpstreamCredential {
         write!(
             f,
             "UpstreamCredential({}: {})",
-            self.header,
+            String::from_utf8_lossy(&self.header),
             if self.value.is_some() {
                 "<redacted>"
             } else {
@@ -81,10 +80,8 @@ impl UpstreamCredential {
                 Ok::<_, ConfigError>(v)
             })
             .transpose()?;
-        let header_bytes = bytes::Bytes::copy_from_slice(header.as_str().as_bytes());
         Ok(UpstreamCredential {
-            header,
-            header_bytes,
+            header: bytes::Bytes::copy_from_slice(header.as_str().as_bytes()),
             value,
         })
     }
@@ -96,7 +93,7 @@ impl UpstreamCredential {
         }
         if let Some(v) = &self.value {
             // insert_header only fails on invalid names/values; both are pre-validated.
-            let _ = req.insert_header(self.header_bytes.clone(), v.clone());
+            let _ = req.insert_header(self.header.clone(), v.clone());
         }
     }
 }

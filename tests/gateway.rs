@@ -12,11 +12,18 @@ use std::time::{Duration, Instant};
 const UPSTREAM_SECRET: &str = "svc-secret-7f3a9c";
 
 fn one_pool(up: &Upstream, extra: &str) -> String {
+    one_pool_at(&up.addr, extra)
+}
+
+/// `one_pool` for a model host at `addr` that is not an `Upstream`.
+fn one_pool_at(addr: &str, extra: &str) -> String {
     format!(
-        "upstreams:\n  vllm:\n    hosts: [\"{}\"]\n    credential: \"Bearer ${{TEST_UPSTREAM_KEY}}\"\n    health_check: {{interval: 1s}}\nroutes:\n  - {{path_prefix: \"/v1/\", upstream: vllm}}\n{extra}",
-        up.addr
+        "upstreams:\n  vllm:\n    hosts: [\"{addr}\"]\n    credential: \"Bearer ${{TEST_UPSTREAM_KEY}}\"\n    health_check: {{interval: 1s}}\nroutes:\n  - {{path_prefix: \"/v1/\", upstream: vllm}}\n{extra}"
     )
 }
+
+/// Passthrough policy (no masking) for the tests that read the wire bytes.
+const NO_MASKING: &str = "policies:\n  default: {mask: {response: none}}\n";
 
 fn error_of(resp: reqwest::blocking::Response) -> (u16, serde_json::Value) {
     let status = resp.status().as_u16();
@@ -755,12 +762,8 @@ fn header_names_are_relayed_lower_case_unless_case_is_preserved() {
         ),
     ] {
         let gw = Gateway::start(
-            &format!(
-                "upstreams:\n  m:\n    hosts: [\"{addr}\"]\n    credential: \"Bearer svc\"\n\
-                 routes:\n  - {{path_prefix: \"/v1/\", upstream: m}}\n\
-                 policies:\n  default: {{mask: {{response: none}}}}\n{setting}"
-            ),
-            &[],
+            &one_pool_at(&addr, &format!("{NO_MASKING}{setting}")),
+            &[("TEST_UPSTREAM_KEY", "svc")],
             true,
         );
         let answer = raw_exchange(&gw.addr, request.as_bytes(), None, Duration::from_secs(10));
@@ -806,12 +809,8 @@ fn each_hop_by_hop_field_stays_on_the_client_side() {
     // removal run): each must be stripped on its own.
     let (addr, heads) = recording_model();
     let gw = Gateway::start(
-        &format!(
-            "upstreams:\n  m:\n    hosts: [\"{addr}\"]\n    credential: \"Bearer svc\"\n\
-             routes:\n  - {{path_prefix: \"/v1/\", upstream: m}}\n\
-             policies:\n  default: {{mask: {{response: none}}}}\n"
-        ),
-        &[],
+        &one_pool_at(&addr, NO_MASKING),
+        &[("TEST_UPSTREAM_KEY", "svc")],
         true,
     );
     let body = chat("demo-model", false).to_string();
