@@ -1,11 +1,14 @@
 //! Policy evaluation per call: a 50-rule policy over a typical chat body,
 //! where no rule holds (the worst case: every rule is tried), with and
-//! without prompt conditions, and the injection screen on a 1 KB prompt.
+//! without prompt conditions, and the injection screen on a 1 KB prompt;
+//! reading a body's features in one pass and as a `serde_json::Value` (the
+//! fallback), for that body and a 32-turn chat history.
 //!
 //! cargo bench --bench policy
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use modelgate::policy::rules::{Features, KnownNames, Policy, RuleConfig};
+use modelgate::policy::features::Features;
+use modelgate::policy::rules::{KnownNames, Policy, RuleConfig};
 use modelgate::policy::screen::Screen;
 use modelgate::policy::CallView;
 
@@ -55,6 +58,29 @@ fn body() -> Vec<u8> {
     .unwrap()
 }
 
+/// A chat body with 32 turns of history and a tool (about 10 KiB).
+fn history() -> Vec<u8> {
+    let turns: Vec<serde_json::Value> = (0..32)
+        .map(|i| {
+            serde_json::json!({
+                "role": if i % 2 == 0 { "user" } else { "assistant" },
+                "content": format!("Turn {i}: the customer asks about invoice {i} again, and the numbers \
+                    in the last two statements still do not match the contract's rate card.")
+            })
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "model": "llama-3-8b",
+        "stream": true,
+        "max_tokens": 512,
+        "tools": [{"type": "function", "function": {"name": "lookup_invoice",
+            "description": "Find an invoice by number", "parameters": {"type": "object",
+            "properties": {"number": {"type": "string"}}}}}],
+        "messages": turns,
+    }))
+    .unwrap()
+}
+
 fn evaluation(c: &mut Criterion) {
     let body = body();
     let groups = vec!["analysts".to_string(), "support".to_string()];
@@ -90,9 +116,16 @@ fn evaluation(c: &mut Criterion) {
             )
         })
     });
-    g.bench_function("features_of_chat_body", |b| {
-        b.iter(|| black_box(Features::of(black_box(&body))))
-    });
+    let history = history();
+    for (name, body) in [("chat_body", &body), ("32_turn_history", &history)] {
+        assert_eq!(Features::of(body), Features::of_value(body));
+        g.bench_function(format!("features_of_{name}"), |b| {
+            b.iter(|| black_box(Features::of(black_box(body))))
+        });
+        g.bench_function(format!("features_of_value_{name}"), |b| {
+            b.iter(|| black_box(Features::of_value(black_box(body))))
+        });
+    }
     let prompt: String = "Please review the quarterly numbers and draft a short, friendly summary for the leadership team. "
         .repeat(11)[..1024]
         .to_string();

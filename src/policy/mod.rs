@@ -6,9 +6,11 @@
 //! Not here: authentication (`crate::identity`), masking (`crate::mask`),
 //! the approval workflow a `require_approval` rule leads to.
 
+pub mod features;
 pub mod limits;
 pub mod rules;
 pub mod screen;
 pub mod usage;
 
-pub use rules::{prompt_text, Action, CallView, Evaluation, KnownNames, Policy, RuleConfig};
+pub use features::prompt_text;
+pub use rules::{Action, CallView, Evaluation, KnownNames, Policy, RuleConfig};

@@ -8,6 +8,7 @@
 //! Not here: who the caller is (`crate::identity`), rate limits and token
 //! budgets (`limits`), what a held call waits for (approval).
 
+use super::features::Features;
 use super::screen::{self, Screen};
 use crate::approval::store::Mode;
 use crate::config::{ConfigError, MaskPolicy, OneOrMany};
@@ -16,7 +17,6 @@ use aho_corasick::AhoCorasick;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use regex_automata::meta::Regex;
 use serde::Deserialize;
-use serde_json::Value;
 use std::cell::OnceCell;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -429,156 +429,6 @@ impl Rule {
     }
 }
 
-/// The prompt text of a request body, as rules read it (every string a
-/// model may read, joined by newlines).
-pub fn prompt_text(body: &[u8]) -> String {
-    Features::of(body).prompt
-}
-
-/// What the body asks for, as the conditions read it.
-#[derive(Debug, Default, PartialEq)]
-pub struct Features {
-    /// The body is a JSON object (the fields below are read from it).
-    pub json: bool,
-    pub stream: bool,
-    pub tools: bool,
-    pub max_tokens: Option<u64>,
-    /// Every string in the body a model may read (everything but known
-    /// structural keys such as `role`, `type`, `model`, `id`, `url`),
-    /// joined by newlines. A body that is not JSON is its own prompt text.
-    pub prompt: String,
-}
-
-/// Keys whose string values are structure, not text for the model. Keys
-/// are compared ASCII case-insensitively, as Go's `encoding/json` (Ollama)
-/// matches fields.
-const STRUCTURAL_KEYS: &[&str] = &[
-    "role",
-    "type",
-    "model",
-    "id",
-    "object",
-    "url",
-    "media_type",
-    "detail",
-    "format",
-    "tool_call_id",
-    "finish_reason",
-    "encoding_format",
-    "response_format",
-    "service_tier",
-    "reasoning_effort",
-    "tool_choice",
-    "keep_alive",
-    "stream",
-    "max_tokens",
-    "max_completion_tokens",
-    "max_output_tokens",
-    "num_predict",
-    "temperature",
-    "top_p",
-    "top_k",
-    "seed",
-    "n",
-    "logprobs",
-    "top_logprobs",
-    "presence_penalty",
-    "frequency_penalty",
-    "user",
-];
-
-impl Features {
-    pub fn of(body: &[u8]) -> Features {
-        let v = serde_json::from_slice::<Value>(body).ok();
-        let Some(obj) = v.as_ref().and_then(Value::as_object) else {
-            return Features {
-                prompt: String::from_utf8_lossy(body).into_owned(),
-                ..Default::default()
-            };
-        };
-        // Keys as lenient servers match them: any ASCII case.
-        let get = |k: &'static str| {
-            obj.iter()
-                .filter(move |(key, _)| key.eq_ignore_ascii_case(k))
-                .map(|(_, v)| v)
-        };
-        let non_empty = |k| get(k).any(|v| v.as_array().is_some_and(|a| !a.is_empty()));
-        let num_predict = get("options")
-            .filter_map(Value::as_object)
-            .flat_map(|o| o.iter())
-            .filter(|(k, _)| k.eq_ignore_ascii_case("num_predict"))
-            .map(|(_, v)| v);
-        let max_tokens = get("max_tokens")
-            .chain(get("max_completion_tokens"))
-            .chain(get("max_output_tokens"))
-            .chain(num_predict)
-            .filter_map(lax_u64)
-            .max();
-        let mut prompt = String::new();
-        collect_prompt(v.as_ref().expect("an object"), &mut prompt);
-        Features {
-            json: true,
-            stream: get("stream").any(lax_true),
-            tools: non_empty("tools") || non_empty("functions"),
-            max_tokens,
-            prompt,
-        }
-    }
-}
-
-/// A count as lenient servers (pydantic's lax mode) read it: `4000`,
-/// `4000.0`, `"4000"`.
-fn lax_u64(v: &Value) -> Option<u64> {
-    let f = match v {
-        Value::Number(n) => return n.as_u64().or_else(|| n.as_f64().and_then(non_negative)),
-        Value::String(s) => s.trim().parse::<f64>().ok()?,
-        _ => return None,
-    };
-    non_negative(f)
-}
-
-fn non_negative(f: f64) -> Option<u64> {
-    (f.is_finite() && f >= 0.0).then(|| f.ceil() as u64)
-}
-
-/// A flag as lenient servers read it: `true`, `1`, `"true"`, `"1"`, `"yes"`.
-fn lax_true(v: &Value) -> bool {
-    match v {
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-        Value::String(s) => matches!(
-            s.trim().to_ascii_lowercase().as_str(),
-            "true" | "1" | "yes" | "on"
-        ),
-        _ => false,
-    }
-}
-
-/// Appends every text string in `v` to `out`, skipping structural keys.
-fn collect_prompt(v: &Value, out: &mut String) {
-    match v {
-        Value::String(s) => {
-            if !out.is_empty() {
-                out.push('\n');
-            }
-            out.push_str(s);
-        }
-        Value::Array(items) => {
-            for item in items {
-                collect_prompt(item, out);
-            }
-        }
-        Value::Object(map) => {
-            for (k, item) in map {
-                if !STRUCTURAL_KEYS.iter().any(|s| k.eq_ignore_ascii_case(s)) {
-                    collect_prompt(item, out);
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -611,28 +461,6 @@ mod tests {
         p.evaluate(c, Some(&Screen::builtin()))
             .rule
             .map(|r| r.name.to_string())
-    }
-
-    #[test]
-    fn features_read_openai_anthropic_and_ollama_bodies() {
-        let f = Features::of(
-            br#"{"model":"m","stream":true,"max_tokens":99,"max_completion_tokens":500,
-                "tools":[{"type":"function"}],
-                "messages":[{"role":"system","content":"be nice"},
-                            {"role":"user","content":[{"type":"text","text":"hello"},{"type":"image_url","image_url":{"url":"u"}}]}]}"#,
-        );
-        assert!(f.stream && f.tools);
-        assert_eq!(f.max_tokens, Some(500));
-        assert_eq!(f.prompt, "be nice\nhello");
-        let f = Features::of(
-            br#"{"system":"sys","messages":[{"role":"user","content":"hi"}],"tools":[]}"#,
-        );
-        assert!(!f.tools && !f.stream);
-        assert_eq!(f.prompt, "sys\nhi");
-        let f = Features::of(br#"{"model":"m","prompt":"why?","options":{"num_predict":64}}"#);
-        assert_eq!((f.max_tokens, f.prompt.as_str()), (Some(64), "why?"));
-        let f = Features::of(b"not json at all");
-        assert_eq!(f.prompt, "not json at all");
     }
 
     #[test]
@@ -732,24 +560,6 @@ mod tests {
         assert!(r.unwrap_err().to_string().contains("unknown field `group`"));
         let r: Result<Vec<RuleConfig>, _> = serde_yaml::from_str("[{name: r, action: maybe}]");
         assert!(r.is_err());
-    }
-
-    #[test]
-    fn bodies_are_read_as_lenient_servers_read_them() {
-        let f = Features::of(
-            br#"{"Stream":"true","MAX_TOKENS":"4000.5","Tools":[{}],"Messages":[{"Role":"user","Content":"hi"}]}"#,
-        );
-        assert!(f.json && f.stream && f.tools);
-        assert_eq!(f.max_tokens, Some(4001));
-        assert_eq!(f.prompt, "hi");
-        let f = Features::of(
-            br#"{"stream":0,"max_tokens":-5,"messages":[
-            {"role":"assistant","tool_calls":[{"id":"x","type":"function","function":{"name":"f","arguments":"{\"q\":\"secret\"}"}}]},
-            {"role":"user","content":[{"type":"document","source":{"type":"text","media_type":"text/plain","data":"doc text"}}]}]}"#,
-        );
-        assert!(!f.stream);
-        assert_eq!(f.max_tokens, None);
-        assert_eq!(f.prompt, "f\n{\"q\":\"secret\"}\ndoc text");
     }
 
     #[test]

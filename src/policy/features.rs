@@ -1,0 +1,688 @@
+//! What a request body asks for, as the policy's conditions read it
+//! ([`Features`]: streaming, tools, `max_tokens`, the prompt text), read as
+//! lenient model servers read a body: keys in any ASCII case, counts and
+//! flags as numbers or strings.
+//!
+//! Not here: which conditions a rule has and how they combine
+//! (`super::rules`), the injection screen (`super::screen`).
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+use std::borrow::Cow;
+use std::fmt;
+
+/// The prompt text of a request body, as rules read it (every string a
+/// model may read, joined by newlines).
+pub fn prompt_text(body: &[u8]) -> String {
+    Features::of(body).prompt
+}
+
+/// What the body asks for, as the conditions read it.
+#[derive(Debug, Default, PartialEq)]
+pub struct Features {
+    /// The body is a JSON object (the fields below are read from it).
+    pub json: bool,
+    pub stream: bool,
+    pub tools: bool,
+    pub max_tokens: Option<u64>,
+    /// Every string in the body a model may read (everything but known
+    /// structural keys such as `role`, `type`, `model`, `id`, `url`),
+    /// joined by newlines. A body that is not JSON is its own prompt text.
+    pub prompt: String,
+}
+
+/// Keys whose string values are structure, not text for the model. Keys
+/// are compared ASCII case-insensitively, as Go's `encoding/json` (Ollama)
+/// matches fields.
+const STRUCTURAL_KEYS: &[&str] = &[
+    "role",
+    "type",
+    "model",
+    "id",
+    "object",
+    "url",
+    "media_type",
+    "detail",
+    "format",
+    "tool_call_id",
+    "finish_reason",
+    "encoding_format",
+    "response_format",
+    "service_tier",
+    "reasoning_effort",
+    "tool_choice",
+    "keep_alive",
+    "stream",
+    "max_tokens",
+    "max_completion_tokens",
+    "max_output_tokens",
+    "num_predict",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "n",
+    "logprobs",
+    "top_logprobs",
+    "presence_penalty",
+    "frequency_penalty",
+    "user",
+];
+
+impl Features {
+    /// What `body` asks for. One pass over the body, allocating only the
+    /// prompt text ([`fast`]); a body that pass cannot read exactly as a
+    /// [`Value`] would be read is read again as one ([`Features::of_value`]).
+    pub fn of(body: &[u8]) -> Features {
+        fast(body).unwrap_or_else(|| Features::of_value(body))
+    }
+
+    /// The reading every body once got, kept for the bodies [`fast`] leaves
+    /// (and as its test oracle): the whole body as a [`Value`], whose
+    /// objects keep the last of a repeated key, as model servers do.
+    pub fn of_value(body: &[u8]) -> Features {
+        let v = serde_json::from_slice::<Value>(body).ok();
+        let Some(obj) = v.as_ref().and_then(Value::as_object) else {
+            return Features {
+                prompt: String::from_utf8_lossy(body).into_owned(),
+                ..Default::default()
+            };
+        };
+        // Keys as lenient servers match them: any ASCII case.
+        let get = |k: &'static str| {
+            obj.iter()
+                .filter(move |(key, _)| key.eq_ignore_ascii_case(k))
+                .map(|(_, v)| v)
+        };
+        let non_empty = |k| get(k).any(|v| v.as_array().is_some_and(|a| !a.is_empty()));
+        let num_predict = get("options")
+            .filter_map(Value::as_object)
+            .flat_map(|o| o.iter())
+            .filter(|(k, _)| k.eq_ignore_ascii_case("num_predict"))
+            .map(|(_, v)| v);
+        let max_tokens = get("max_tokens")
+            .chain(get("max_completion_tokens"))
+            .chain(get("max_output_tokens"))
+            .chain(num_predict)
+            .filter_map(lax_u64)
+            .max();
+        let mut prompt = String::new();
+        collect_prompt(v.as_ref().expect("an object"), &mut prompt);
+        Features {
+            json: true,
+            stream: get("stream").any(lax_true),
+            tools: non_empty("tools") || non_empty("functions"),
+            max_tokens,
+            prompt,
+        }
+    }
+}
+
+/// A count as lenient servers (pydantic's lax mode) read it: `4000`,
+/// `4000.0`, `"4000"`.
+fn lax_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64().or_else(|| n.as_f64().and_then(non_negative)),
+        Value::String(s) => lax_u64_str(s),
+        _ => None,
+    }
+}
+
+fn lax_u64_str(s: &str) -> Option<u64> {
+    s.trim().parse::<f64>().ok().and_then(non_negative)
+}
+
+fn non_negative(f: f64) -> Option<u64> {
+    (f.is_finite() && f >= 0.0).then(|| f.ceil() as u64)
+}
+
+/// A flag as lenient servers read it: `true`, `1`, `"true"`, `"1"`, `"yes"`.
+fn lax_true(v: &Value) -> bool {
+    match v {
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Value::String(s) => lax_true_str(s),
+        _ => false,
+    }
+}
+
+fn lax_true_str(s: &str) -> bool {
+    matches!(
+        s.trim().to_ascii_lowercase().as_str(),
+        "true" | "1" | "yes" | "on"
+    )
+}
+
+/// Appends every text string in `v` to `out`, skipping structural keys.
+fn collect_prompt(v: &Value, out: &mut String) {
+    match v {
+        Value::String(s) => {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(s);
+        }
+        Value::Array(items) => {
+            for item in items {
+                collect_prompt(item, out);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map {
+                if !STRUCTURAL_KEYS.iter().any(|s| k.eq_ignore_ascii_case(s)) {
+                    collect_prompt(item, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Keys one object may have for [`fast`]; an object with more is left to
+/// [`Features::of_value`] (the duplicate check compares each key with the
+/// object's earlier ones).
+const MAX_KEYS: usize = 64;
+
+fn is_structural(key: &str) -> bool {
+    STRUCTURAL_KEYS.iter().any(|s| key.eq_ignore_ascii_case(s))
+}
+
+/// [`Features::of_value`]'s result without building a [`Value`]: the body is
+/// walked once, strings that count are appended to the prompt as they are
+/// met, and the fields the conditions read are read where they stand.
+/// `None` when the body is not a JSON object or holds what a [`Value`]
+/// reads differently (a repeated key in an object whose text counts) or
+/// what is slow to check here (an object of more than [`MAX_KEYS`] keys).
+///
+/// Every value goes through `deserialize_any`, as a [`Value`]'s do, so the
+/// same bodies are refused: invalid UTF-8, lone surrogates, too deep.
+fn fast(body: &[u8]) -> Option<Features> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let mut reader = Reader {
+        // Never outgrown: the text is shorter than the strings' source.
+        prompt: String::with_capacity(body.len()),
+        keys: Vec::new(),
+        max_tokens: None,
+        stream: false,
+        tools: false,
+    };
+    de.deserialize_any(Top(&mut reader)).ok()?;
+    de.end().ok()?;
+    Some(Features {
+        json: true,
+        stream: reader.stream,
+        tools: reader.tools,
+        max_tokens: reader.max_tokens,
+        prompt: reader.prompt,
+    })
+}
+
+/// The state of one [`fast`] pass.
+struct Reader<'de> {
+    prompt: String,
+    /// The keys of the objects open on the way down, for the duplicate
+    /// check; each object's start where its visit began.
+    keys: Vec<Cow<'de, str>>,
+    max_tokens: Option<u64>,
+    stream: bool,
+    tools: bool,
+}
+
+impl<'de> Reader<'de> {
+    /// Takes `key` as the next of the object whose keys start at `start`,
+    /// or refuses it (repeated, or one too many).
+    fn key<E: de::Error>(&mut self, start: usize, key: Cow<'de, str>) -> Result<(), E> {
+        let seen = &self.keys[start..];
+        if seen.len() >= MAX_KEYS {
+            return Err(E::custom("too many keys"));
+        }
+        if seen.contains(&key) {
+            return Err(E::custom("repeated key"));
+        }
+        self.keys.push(key);
+        Ok(())
+    }
+
+    /// The next value of `map`: its strings are text unless its key is
+    /// `structural`. Whether it is a non-empty array.
+    fn value<A: MapAccess<'de>>(
+        &mut self,
+        map: &mut A,
+        structural: bool,
+    ) -> Result<bool, A::Error> {
+        if structural {
+            map.next_value_seed(Skip).map(|()| false)
+        } else {
+            map.next_value_seed(Text {
+                r: self,
+                options: false,
+            })
+        }
+    }
+
+    fn count(&mut self, n: Option<u64>) {
+        self.max_tokens = self.max_tokens.max(n);
+    }
+}
+
+/// A key, borrowed from the body unless it has escapes.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(s))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(s.to_owned()))
+    }
+}
+
+/// The top-level object: the fields the conditions read, and the text.
+struct Top<'r, 'de>(&'r mut Reader<'de>);
+
+impl<'de> Visitor<'de> for Top<'_, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let r = self.0;
+        while let Some(key) = map.next_key_seed(Key)? {
+            r.key(0, key)?;
+            let key = r.keys.last().expect("just pushed");
+            let is = |name: &str| key.eq_ignore_ascii_case(name);
+            if is("stream") {
+                r.stream |= map.next_value_seed(Lax)?.truthy;
+            } else if is("max_tokens") || is("max_completion_tokens") || is("max_output_tokens") {
+                let n = map.next_value_seed(Lax)?.count;
+                r.count(n);
+            } else if is("options") {
+                map.next_value_seed(Text {
+                    r: &mut *r,
+                    options: true,
+                })?;
+            } else if is("tools") || is("functions") {
+                r.tools |= r.value(&mut map, false)?;
+            } else {
+                let structural = is_structural(key);
+                r.value(&mut map, structural)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A value whose strings are prompt text. Yields whether it is a non-empty
+/// array (`tools`). `options`: the top-level `options` object, whose
+/// `num_predict` is a count.
+struct Text<'r, 'de> {
+    r: &'r mut Reader<'de>,
+    options: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for Text<'_, 'de> {
+    type Value = bool;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Text<'_, 'de> {
+    type Value = bool;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_str<E>(self, s: &str) -> Result<bool, E> {
+        if !self.r.prompt.is_empty() {
+            self.r.prompt.push('\n');
+        }
+        self.r.prompt.push_str(s);
+        Ok(false)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_unit<E>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        let mut any = false;
+        while seq
+            .next_element_seed(Text {
+                r: &mut *self.r,
+                options: false,
+            })?
+            .is_some()
+        {
+            any = true;
+        }
+        Ok(any)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        let r = self.r;
+        let start = r.keys.len();
+        while let Some(key) = map.next_key_seed(Key)? {
+            r.key(start, key)?;
+            let key = r.keys.last().expect("just pushed");
+            if self.options && key.eq_ignore_ascii_case("num_predict") {
+                let n = map.next_value_seed(Lax)?.count;
+                r.count(n);
+            } else {
+                let structural = is_structural(key);
+                r.value(&mut map, structural)?;
+            }
+        }
+        r.keys.truncate(start);
+        Ok(false)
+    }
+}
+
+/// A value read for nothing but its validity, as strictly as a [`Value`]
+/// reads it (not `IgnoredAny`, which lets invalid UTF-8 and lone
+/// surrogates by).
+struct Skip;
+
+impl<'de> DeserializeSeed<'de> for Skip {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Skip {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Skip)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key_seed(Key)?.is_some() {
+            map.next_value_seed(Skip)?;
+        }
+        Ok(())
+    }
+}
+
+/// A flag and a count, as [`lax_true`] and [`lax_u64`] read a value.
+#[derive(Default)]
+struct LaxValue {
+    truthy: bool,
+    count: Option<u64>,
+}
+
+/// Reads a [`LaxValue`]; arrays and objects are neither.
+struct Lax;
+
+impl<'de> DeserializeSeed<'de> for Lax {
+    type Value = LaxValue;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<LaxValue, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Lax {
+    type Value = LaxValue;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<LaxValue, E> {
+        Ok(LaxValue {
+            truthy: b,
+            count: None,
+        })
+    }
+    fn visit_u64<E>(self, n: u64) -> Result<LaxValue, E> {
+        Ok(LaxValue {
+            truthy: n != 0,
+            count: Some(n),
+        })
+    }
+    fn visit_i64<E>(self, n: i64) -> Result<LaxValue, E> {
+        Ok(LaxValue {
+            truthy: n != 0,
+            count: u64::try_from(n).ok(),
+        })
+    }
+    fn visit_f64<E>(self, f: f64) -> Result<LaxValue, E> {
+        Ok(LaxValue {
+            truthy: f != 0.0,
+            count: non_negative(f),
+        })
+    }
+    fn visit_str<E>(self, s: &str) -> Result<LaxValue, E> {
+        Ok(LaxValue {
+            truthy: lax_true_str(s),
+            count: lax_u64_str(s),
+        })
+    }
+    fn visit_unit<E>(self) -> Result<LaxValue, E> {
+        Ok(LaxValue::default())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<LaxValue, A::Error> {
+        Skip.visit_seq(seq).map(|()| LaxValue::default())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<LaxValue, A::Error> {
+        Skip.visit_map(map).map(|()| LaxValue::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_read_openai_anthropic_and_ollama_bodies() {
+        let f = Features::of(
+            br#"{"model":"m","stream":true,"max_tokens":99,"max_completion_tokens":500,
+                "tools":[{"type":"function"}],
+                "messages":[{"role":"system","content":"be nice"},
+                            {"role":"user","content":[{"type":"text","text":"hello"},{"type":"image_url","image_url":{"url":"u"}}]}]}"#,
+        );
+        assert!(f.stream && f.tools);
+        assert_eq!(f.max_tokens, Some(500));
+        assert_eq!(f.prompt, "be nice\nhello");
+        let f = Features::of(
+            br#"{"system":"sys","messages":[{"role":"user","content":"hi"}],"tools":[]}"#,
+        );
+        assert!(!f.tools && !f.stream);
+        assert_eq!(f.prompt, "sys\nhi");
+        let f = Features::of(br#"{"model":"m","prompt":"why?","options":{"num_predict":64}}"#);
+        assert_eq!((f.max_tokens, f.prompt.as_str()), (Some(64), "why?"));
+        let f = Features::of(b"not json at all");
+        assert_eq!(f.prompt, "not json at all");
+    }
+
+    #[test]
+    fn bodies_are_read_as_lenient_servers_read_them() {
+        let f = Features::of(
+            br#"{"Stream":"true","MAX_TOKENS":"4000.5","Tools":[{}],"Messages":[{"Role":"user","Content":"hi"}]}"#,
+        );
+        assert!(f.json && f.stream && f.tools);
+        assert_eq!(f.max_tokens, Some(4001));
+        assert_eq!(f.prompt, "hi");
+        let f = Features::of(
+            br#"{"stream":0,"max_tokens":-5,"messages":[
+            {"role":"assistant","tool_calls":[{"id":"x","type":"function","function":{"name":"f","arguments":"{\"q\":\"secret\"}"}}]},
+            {"role":"user","content":[{"type":"document","source":{"type":"text","media_type":"text/plain","data":"doc text"}}]}]}"#,
+        );
+        assert!(!f.stream);
+        assert_eq!(f.max_tokens, None);
+        assert_eq!(f.prompt, "f\n{\"q\":\"secret\"}\ndoc text");
+    }
+
+    /// Bodies as clients send them: read in the one pass, as a `Value` reads them.
+    #[test]
+    fn the_one_pass_reads_real_bodies_and_agrees() {
+        for body in [
+            &br#"{"model":"m","stream":true,"max_tokens":99,"messages":[{"role":"user","content":"hi"}]}"#[..],
+            br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a\nb \u00e9 \ud83d\ude00"}]}],"tools":[{"type":"function","function":{"name":"f","description":"d","parameters":{"type":"object"}}}]}"#,
+            br#"{"model":"m","prompt":"why?","options":{"num_predict":"64","temperature":0.2},"stream":"yes"}"#,
+            br#"{"system":[{"type":"text","text":"sys"}],"max_tokens":1e3,"messages":[]}"#,
+            br#"{}"#,
+        ] {
+            let text = String::from_utf8_lossy(body);
+            let fast = fast(body).unwrap_or_else(|| panic!("declined {text}"));
+            assert_eq!(fast, Features::of_value(body), "{text}");
+        }
+    }
+
+    /// What the one pass leaves to the `Value` reading, and what both refuse.
+    #[test]
+    fn repeated_keys_and_bad_text_are_read_as_a_value_reads_them() {
+        // A repeated key: the last one counts, as model servers read it.
+        for body in [
+            &br#"{"max_tokens":9000,"max_tokens":10,"messages":[{"content":"a"}]}"#[..],
+            br#"{"messages":[{"content":"public","content":"secret"}]}"#,
+            br#"{"messages":[{"content":"public"}],"messages":[{"content":"secret"}]}"#,
+            br#"{"options":{"num_predict":9000,"num_predict":1}}"#,
+            br#"{"role":"x","\u0072ole":"y","content":"z"}"#,
+        ] {
+            let text = String::from_utf8_lossy(body);
+            assert!(fast(body).is_none(), "{text}");
+            assert_eq!(Features::of(body), Features::of_value(body), "{text}");
+        }
+        let f = Features::of(br#"{"messages":[{"content":"public","content":"secret"}]}"#);
+        assert_eq!(f.prompt, "secret");
+        let f = Features::of(br#"{"max_tokens":9000,"max_tokens":10}"#);
+        assert_eq!(f.max_tokens, Some(10));
+        // A repeat where nothing is read is no reason to give up.
+        assert!(fast(br#"{"response_format":{"type":"a","type":"b"},"prompt":"p"}"#).is_some());
+        // Too many keys in one object.
+        let many: Vec<String> = (0..=MAX_KEYS).map(|i| format!("\"k{i}\":\"v\"")).collect();
+        let body = format!("{{{}}}", many.join(","));
+        assert!(fast(body.as_bytes()).is_none());
+        assert_eq!(
+            Features::of(body.as_bytes()),
+            Features::of_value(body.as_bytes())
+        );
+        // Refused by both, even where no text is read: not JSON to a model server.
+        for body in [
+            &br#"{"role":"\ud800","content":"hi"}"#[..],
+            b"{\"role\":\"\xff\",\"content\":\"hi\"}",
+            br#"{"content":"hi"} x"#,
+            br#"["hi"]"#,
+        ] {
+            let f = Features::of(body);
+            assert!(!f.json, "{}", String::from_utf8_lossy(body));
+            assert_eq!(f, Features::of_value(body));
+        }
+    }
+
+    fn json_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let key = prop::sample::select(vec![
+            "stream",
+            "Stream",
+            "max_tokens",
+            "MAX_TOKENS",
+            "max_completion_tokens",
+            "max_output_tokens",
+            "options",
+            "Options",
+            "num_predict",
+            "tools",
+            "functions",
+            "role",
+            "content",
+            "Content",
+            "messages",
+            "text",
+            "model",
+            "\\u0072ole",
+            "a",
+            "A",
+        ]);
+        let leaf = prop::sample::select(vec![
+            "true",
+            "false",
+            "null",
+            "0",
+            "1",
+            "-5",
+            "4000.5",
+            "1e3",
+            "18446744073709551616",
+            "\"true\"",
+            "\" 4000 \"",
+            "\"yes\"",
+            "\"On\"",
+            "\"hello\"",
+            "\"a\\nb\"",
+            "\"\\ud83d\\ude00\"",
+            "\"\\ud800\"",
+            "\"BAD\"",
+            "\"\"",
+        ])
+        .prop_map(str::to_string);
+        let value = leaf.prop_recursive(4, 48, 5, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
+                prop::collection::vec((key.clone(), inner), 0..5).prop_map(|kv| {
+                    let kv: Vec<String> = kv.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                    format!("{{{}}}", kv.join(","))
+                }),
+            ]
+        });
+        prop_oneof![
+            9 => value.clone().prop_filter("an object", |v| v.starts_with('{')),
+            1 => value,
+        ]
+    }
+
+    proptest::proptest! {
+        /// The one pass (or its fallback) gives what the `Value` reading gives.
+        #[test]
+        fn the_one_pass_agrees_with_the_value_reading(text in json_text()) {
+            // Invalid UTF-8 where the text says BAD.
+            let body: Vec<u8> = text.replace("BAD", "\u{1}").into_bytes();
+            let body: Vec<u8> = body.into_iter().map(|b| if b == 1 { 0xff } else { b }).collect();
+            let oracle = Features::of_value(&body);
+            if let Some(f) = fast(&body) {
+                proptest::prop_assert_eq!(&f, &oracle);
+            }
+            proptest::prop_assert_eq!(Features::of(&body), oracle);
+        }
+    }
+}
