@@ -45,6 +45,7 @@ fn call() -> Call {
         model: Some("llama-3-8b".into()),
         request_body: Bytes::from(serde_json::to_vec(&body).unwrap()),
         stored_request: Default::default(),
+        stored_common: Default::default(),
     }
 }
 

@@ -32,6 +32,9 @@ pub struct Call {
     /// The body as stored (masked, capped, as JSON) and whether it was cut:
     /// made once by the writer, for the `begin` and the `call` record.
     pub stored_request: OnceLock<(Option<Box<RawValue>>, bool)>,
+    /// The fields both records start with after their `kind` (`"id":…`
+    /// to `"model":…`, no braces): encoded once, by the writer.
+    pub stored_common: OnceLock<Box<[u8]>>,
 }
 
 /// The policy decision taken on a call.
@@ -203,7 +206,6 @@ struct ClientJson<'a> {
 
 #[derive(Serialize)]
 struct Common<'a> {
-    kind: &'static str,
     id: &'a str,
     ts: String,
     client: Option<ClientJson<'a>>,
@@ -246,15 +248,11 @@ struct ResponseJson<'a> {
 
 #[derive(Serialize)]
 struct BeginJson<'a> {
-    #[serde(flatten)]
-    common: Common<'a>,
     request: RequestJson<'a>,
 }
 
 #[derive(Serialize)]
 struct EndJson<'a> {
-    #[serde(flatten)]
-    common: Common<'a>,
     host: Option<&'a str>,
     status: u16,
     decision: &'a Decision,
@@ -284,19 +282,32 @@ struct MaskedJson<'a> {
 }
 
 impl Encoder {
-    fn common<'a>(&self, kind: &'static str, c: &'a Call) -> Common<'a> {
-        Common {
-            kind,
-            id: &c.id,
-            ts: humantime::format_rfc3339_millis(c.started).to_string(),
-            client: c.client.as_deref().map(client_json),
-            tls: c.tls.as_deref(),
-            method: &c.method,
-            path: &c.path,
-            route: c.route.as_deref(),
-            pool: c.pool.as_deref(),
-            model: c.model.as_deref(),
-        }
+    /// Writes a call record: `{"kind":<kind>,` the call's common fields,
+    /// then `rest`'s fields (`rest` serialises as a non-empty object).
+    fn record(&self, kind: &'static str, c: &Call, rest: &impl Serialize, out: &mut Vec<u8>) {
+        let common = c.stored_common.get_or_init(|| {
+            let common = Common {
+                id: &c.id,
+                ts: humantime::format_rfc3339_millis(c.started).to_string(),
+                client: c.client.as_deref().map(client_json),
+                tls: c.tls.as_deref(),
+                method: &c.method,
+                path: &c.path,
+                route: c.route.as_deref(),
+                pool: c.pool.as_deref(),
+                model: c.model.as_deref(),
+            };
+            let json = serde_json::to_vec(&common).expect("records serialise");
+            json[1..json.len() - 1].into()
+        });
+        out.extend_from_slice(b"{\"kind\":\"");
+        out.extend_from_slice(kind.as_bytes());
+        out.extend_from_slice(b"\",");
+        out.extend_from_slice(common);
+        let at = out.len();
+        serde_json::to_writer(&mut *out, rest).expect("records serialise");
+        debug_assert!(out.len() > at + 2 && out[at] == b'{');
+        out[at] = b',';
     }
 
     /// The JSON object of a queued record; for a call's final record, also
@@ -352,10 +363,9 @@ impl Encoder {
 
     pub fn begin(&self, call: &Call, out: &mut Vec<u8>) {
         let rec = BeginJson {
-            common: self.common("begin", call),
             request: self.request(call),
         };
-        serde_json::to_writer(out, &rec).expect("records serialise");
+        self.record("begin", call, &rec, out);
     }
 
     /// Also returns the answer as reassembled (for drift statistics).
@@ -367,7 +377,6 @@ impl Encoder {
             reassemble(&o.content_type, &o.response.head, &o.response.tail)
         };
         let rec = EndJson {
-            common: self.common("call", call),
             host: o.host.as_deref(),
             status: o.status,
             decision: &o.decision,
@@ -386,7 +395,7 @@ impl Encoder {
             request: self.request(call),
             response: self.response(o, &r),
         };
-        serde_json::to_writer(out, &rec).expect("records serialise");
+        self.record("call", call, &rec, out);
         r
     }
 
@@ -558,6 +567,7 @@ mod tests {
             model: None,
             request_body: Bytes::copy_from_slice(body.as_bytes()),
             stored_request: OnceLock::new(),
+            stored_common: OnceLock::new(),
         };
         let mut out = Vec::new();
         enc.begin(&call, &mut out);
@@ -591,6 +601,7 @@ mod tests {
             model: None,
             request_body: Bytes::copy_from_slice(call.as_bytes()),
             stored_request: OnceLock::new(),
+            stored_common: OnceLock::new(),
         };
         encoder(BodyMode::Raw, 1000).begin(&c, &mut out);
         assert!(!out.contains(&b'\n'), "{}", String::from_utf8_lossy(&out));

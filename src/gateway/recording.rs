@@ -30,6 +30,7 @@ pub fn call(ctx: &RequestCtx, req: &RequestHeader, labels: &[(Arc<str>, Arc<str>
         model: ctx.model.clone(),
         request_body: ctx.body.clone(),
         stored_request: Default::default(),
+        stored_common: Default::default(),
     })
 }
 
