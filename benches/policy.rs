@@ -58,7 +58,7 @@ fn body() -> Vec<u8> {
     .unwrap()
 }
 
-/// A chat body with 32 turns of history and a tool (about 10 KiB).
+/// A chat body with 32 turns of history and a tool (about 5.5 KiB).
 fn history() -> Vec<u8> {
     let turns: Vec<serde_json::Value> = (0..32)
         .map(|i| {
