@@ -118,7 +118,9 @@ fn evaluation(c: &mut Criterion) {
     });
     let history = history();
     for (name, body) in [("chat_body", &body), ("32_turn_history", &history)] {
-        assert_eq!(Features::of(body), Features::of_value(body));
+        let f = Features::of(body);
+        assert!(f.json);
+        assert_eq!(f, Features::of_value(body));
         g.bench_function(format!("features_of_{name}"), |b| {
             b.iter(|| black_box(Features::of(black_box(body))))
         });

@@ -221,25 +221,35 @@ fn each_rule_condition_and_action() {
         "policy_denied",
         "`injection`",
     );
-    // A body the rules cannot read is refused, not waved through.
+    // A body the rules cannot read is refused, not waved through; so is one
+    // a model server could read otherwise than the rules: a field given
+    // twice (Python's `json` reads `project falcon`, Go's `public`).
     let forwarded = up.seen().len();
-    let resp = http()
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth(BOB_KEY)
-        .header("content-type", "text/plain")
-        .body("\u{feff}{\"model\":\"gpt-4o\",\"messages\":[{\"role\":\"user\",\"content\":\"project falcon\"}]}")
-        .send()
-        .unwrap();
-    let (s, v) = status_and_json(resp);
-    assert_eq!(s, 400, "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("must be a JSON object"),
-        "{v}"
-    );
-    assert_eq!(up.seen().len(), forwarded);
+    for (content_type, body, needle) in [
+        (
+            "text/plain",
+            "\u{feff}{\"model\":\"gpt-4o\",\"messages\":[{\"role\":\"user\",\"content\":\"project falcon\"}]}",
+            "must be a JSON object",
+        ),
+        (
+            "application/json",
+            r#"{"model":"gpt-4o","messages":[{"role":"user","content":"project falcon","Content":"public"}]}"#,
+            "gives each key once",
+        ),
+    ] {
+        let resp = http()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(BOB_KEY)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .unwrap();
+        let (s, v) = status_and_json(resp);
+        assert_eq!(s, 400, "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{v}");
+        assert_eq!(up.seen().len(), forwarded);
+    }
     // A path written so that the model server reads another path is refused.
     let (s, _) = status_and_json(post(
         &gw,

@@ -38,11 +38,14 @@ impl Gateway {
             if eval.unreadable {
                 ctx.decision = Some(Decision {
                     action: "deny",
-                    reason: Some("body is not a JSON object; the policy reads it".into()),
+                    reason: Some(
+                        "body is not a JSON object, or repeats a key; the policy reads it".into(),
+                    ),
                     ..Default::default()
                 });
                 return Err(ClientError::bad_request(
-                    "The request body must be a JSON object: this route's policy reads it.",
+                    "The request body must be a JSON object that gives each key once \
+                     (in any letter case): this route's policy reads it.",
                 ));
             }
             if let Some(rule) = eval.rule {

@@ -70,23 +70,27 @@ const STRUCTURAL_KEYS: &[&str] = &[
 ];
 
 impl Features {
-    /// What `body` asks for. One pass over the body, allocating only the
-    /// prompt text ([`fast`]); a body that pass cannot read exactly as a
-    /// [`Value`] would be read is read again as one ([`Features::of_value`]).
+    /// What `body` asks for, in one pass that allocates only the prompt
+    /// text ([`read`]). A body that is not a JSON object is not JSON to the
+    /// rules (`json: false`, its prompt text the body itself), and neither
+    /// is one that model servers could read otherwise than the rules do: a
+    /// key given twice, in any letter case, in an object the rules read
+    /// (Python keeps the last, Go's `encoding/json` merges objects and
+    /// matches fields in any case), or serde_json's reserved raw-value key
+    /// anywhere (a `Value` replaces the object holding it with the JSON in
+    /// its string, which the model server would not).
     pub fn of(body: &[u8]) -> Features {
-        fast(body).unwrap_or_else(|| Features::of_value(body))
+        read(body).unwrap_or_else(|| not_json(body))
     }
 
-    /// The reading every body once got, kept for the bodies [`fast`] leaves
-    /// (and as its test oracle): the whole body as a [`Value`], whose
-    /// objects keep the last of a repeated key, as model servers do.
+    /// The body as a [`Value`] read for these fields: how every body was
+    /// read before [`read`]. Not used by the gateway; kept as the test
+    /// oracle (for the bodies [`read`] takes, the two agree) and the
+    /// bench's comparison.
     pub fn of_value(body: &[u8]) -> Features {
         let v = serde_json::from_slice::<Value>(body).ok();
         let Some(obj) = v.as_ref().and_then(Value::as_object) else {
-            return Features {
-                prompt: String::from_utf8_lossy(body).into_owned(),
-                ..Default::default()
-            };
+            return not_json(body);
         };
         // Keys as lenient servers match them: any ASCII case.
         let get = |k: &'static str| {
@@ -115,6 +119,14 @@ impl Features {
             max_tokens,
             prompt,
         }
+    }
+}
+
+/// What a body that is not JSON to the rules reads as.
+fn not_json(body: &[u8]) -> Features {
+    Features {
+        prompt: String::from_utf8_lossy(body).into_owned(),
+        ..Default::default()
     }
 }
 
@@ -178,25 +190,28 @@ fn collect_prompt(v: &Value, out: &mut String) {
     }
 }
 
-/// Keys one object may have for [`fast`]; an object with more is left to
-/// [`Features::of_value`] (the duplicate check compares each key with the
-/// object's earlier ones).
-const MAX_KEYS: usize = 64;
+/// Keys of one object compared one by one for the repeat check; past this
+/// many, the object's keys go into a set.
+const LISTED_KEYS: usize = 16;
+
+/// The key serde_json reserves for its `RawValue` (with the `raw_value`
+/// feature, which this crate uses): a `Value` parse takes an object whose
+/// first key it is for the JSON text in its string value.
+const RAW_VALUE_KEY: &str = "$serde_json::private::RawValue";
 
 fn is_structural(key: &str) -> bool {
     STRUCTURAL_KEYS.iter().any(|s| key.eq_ignore_ascii_case(s))
 }
 
-/// [`Features::of_value`]'s result without building a [`Value`]: the body is
-/// walked once, strings that count are appended to the prompt as they are
-/// met, and the fields the conditions read are read where they stand.
-/// `None` when the body is not a JSON object or holds what a [`Value`]
-/// reads differently (a repeated key in an object whose text counts) or
-/// what is slow to check here (an object of more than [`MAX_KEYS`] keys).
+/// The body's features without building a [`Value`]: the body is walked
+/// once, strings that count are appended to the prompt as they are met,
+/// and the fields the conditions read are read where they stand. `None`
+/// when the body is not JSON to the rules (see [`Features::of`]).
 ///
 /// Every value goes through `deserialize_any`, as a [`Value`]'s do, so the
-/// same bodies are refused: invalid UTF-8, lone surrogates, too deep.
-fn fast(body: &[u8]) -> Option<Features> {
+/// same bodies are invalid: bad UTF-8 and lone surrogates (even where no
+/// text is read: `IgnoredAny` would let them by), too deep, trailing data.
+fn read(body: &[u8]) -> Option<Features> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let mut reader = Reader {
         // Never outgrown: the text is shorter than the strings' source.
@@ -217,10 +232,10 @@ fn fast(body: &[u8]) -> Option<Features> {
     })
 }
 
-/// The state of one [`fast`] pass.
+/// The state of one [`read`] pass.
 struct Reader<'de> {
     prompt: String,
-    /// The keys of the objects open on the way down, for the duplicate
+    /// The keys of the objects open on the way down, for the repeat
     /// check; each object's start where its visit began.
     keys: Vec<Cow<'de, str>>,
     max_tokens: Option<u64>,
@@ -229,14 +244,23 @@ struct Reader<'de> {
 }
 
 impl<'de> Reader<'de> {
-    /// Takes `key` as the next of the object whose keys start at `start`,
-    /// or refuses it (repeated, or one too many).
-    fn key<E: de::Error>(&mut self, start: usize, key: Cow<'de, str>) -> Result<(), E> {
-        let seen = &self.keys[start..];
-        if seen.len() >= MAX_KEYS {
-            return Err(E::custom("too many keys"));
-        }
-        if seen.contains(&key) {
+    /// Takes `key` as the next of the object `seen`, or refuses it: given
+    /// before in that object (in any ASCII case), or the reserved key.
+    fn key<E: de::Error>(&mut self, seen: &mut Seen, key: Cow<'de, str>) -> Result<(), E> {
+        reserved(&key)?;
+        let repeated = match &mut seen.set {
+            Some(set) => !set.insert(key.to_ascii_lowercase()),
+            None => {
+                let earlier = &self.keys[seen.start..];
+                let repeated = earlier.iter().any(|k| k.eq_ignore_ascii_case(&key));
+                if !repeated && earlier.len() >= LISTED_KEYS {
+                    let all = earlier.iter().chain([&key]);
+                    seen.set = Some(all.map(|k| k.to_ascii_lowercase()).collect());
+                }
+                repeated
+            }
+        };
+        if repeated {
             return Err(E::custom("repeated key"));
         }
         self.keys.push(key);
@@ -263,6 +287,27 @@ impl<'de> Reader<'de> {
     fn count(&mut self, n: Option<u64>) {
         self.max_tokens = self.max_tokens.max(n);
     }
+}
+
+/// The keys of one object so far, for [`Reader::key`]: listed on the
+/// reader's stack from `start`, and in `set` (lower-cased) once there are
+/// more than [`LISTED_KEYS`].
+struct Seen {
+    start: usize,
+    set: Option<std::collections::HashSet<String>>,
+}
+
+impl Seen {
+    fn at(start: usize) -> Seen {
+        Seen { start, set: None }
+    }
+}
+
+fn reserved<E: de::Error>(key: &str) -> Result<(), E> {
+    if key == RAW_VALUE_KEY {
+        return Err(E::custom("reserved key"));
+    }
+    Ok(())
 }
 
 /// A key, borrowed from the body unless it has escapes.
@@ -298,8 +343,9 @@ impl<'de> Visitor<'de> for Top<'_, 'de> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let r = self.0;
+        let mut seen = Seen::at(0);
         while let Some(key) = map.next_key_seed(Key)? {
-            r.key(0, key)?;
+            r.key(&mut seen, key)?;
             let key = r.keys.last().expect("just pushed");
             let is = |name: &str| key.eq_ignore_ascii_case(name);
             if is("stream") {
@@ -381,8 +427,9 @@ impl<'de> Visitor<'de> for Text<'_, 'de> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
         let r = self.r;
         let start = r.keys.len();
+        let mut seen = Seen::at(start);
         while let Some(key) = map.next_key_seed(Key)? {
-            r.key(start, key)?;
+            r.key(&mut seen, key)?;
             let key = r.keys.last().expect("just pushed");
             if self.options && key.eq_ignore_ascii_case("num_predict") {
                 let n = map.next_value_seed(Lax)?.count;
@@ -437,7 +484,8 @@ impl<'de> Visitor<'de> for Skip {
         Ok(())
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while map.next_key_seed(Key)?.is_some() {
+        while let Some(key) = map.next_key_seed(Key)? {
+            reserved(&key)?;
             map.next_value_seed(Skip)?;
         }
         Ok(())
@@ -554,58 +602,138 @@ mod tests {
     /// Bodies as clients send them: read in the one pass, as a `Value` reads them.
     #[test]
     fn the_one_pass_reads_real_bodies_and_agrees() {
+        let many: Vec<String> = (0..40).map(|i| format!("\"k{i}\":\"v{i}\"")).collect();
+        let many = format!("{{\"messages\":[{{{}}}]}}", many.join(","));
         for body in [
             &br#"{"model":"m","stream":true,"max_tokens":99,"messages":[{"role":"user","content":"hi"}]}"#[..],
             br#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a\nb \u00e9 \ud83d\ude00"}]}],"tools":[{"type":"function","function":{"name":"f","description":"d","parameters":{"type":"object"}}}]}"#,
             br#"{"model":"m","prompt":"why?","options":{"num_predict":"64","temperature":0.2},"stream":"yes"}"#,
             br#"{"system":[{"type":"text","text":"sys"}],"max_tokens":1e3,"messages":[]}"#,
+            // A repeat where the rules read nothing is no reason to refuse.
+            br#"{"response_format":{"type":"a","type":"b"},"prompt":"p"}"#,
+            many.as_bytes(),
             br#"{}"#,
         ] {
             let text = String::from_utf8_lossy(body);
-            let fast = fast(body).unwrap_or_else(|| panic!("declined {text}"));
-            assert_eq!(fast, Features::of_value(body), "{text}");
+            let f = read(body).unwrap_or_else(|| panic!("declined {text}"));
+            assert!(f.json);
+            assert_eq!(f, Features::of_value(body), "{text}");
         }
     }
 
-    /// What the one pass leaves to the `Value` reading, and what both refuse.
+    /// Bodies a model server could read otherwise than the rules do are not
+    /// JSON to the rules (a policy that reads bodies answers 400).
     #[test]
-    fn repeated_keys_and_bad_text_are_read_as_a_value_reads_them() {
-        // A repeated key: the last one counts, as model servers read it.
-        for body in [
+    fn bodies_servers_could_read_otherwise_are_not_json() {
+        let mut bodies: Vec<Vec<u8>> = [
             &br#"{"max_tokens":9000,"max_tokens":10,"messages":[{"content":"a"}]}"#[..],
+            br#"{"Stream":true,"stream":false}"#,
             br#"{"messages":[{"content":"public","content":"secret"}]}"#,
+            br#"{"messages":[{"content":"public","Content":"secret"}]}"#,
             br#"{"messages":[{"content":"public"}],"messages":[{"content":"secret"}]}"#,
-            br#"{"options":{"num_predict":9000,"num_predict":1}}"#,
+            br#"{"options":{"num_predict":100000},"options":{"seed":1}}"#,
+            br#"{"options":{"num_predict":9000,"NUM_PREDICT":1}}"#,
             br#"{"role":"x","\u0072ole":"y","content":"z"}"#,
-        ] {
-            let text = String::from_utf8_lossy(body);
-            assert!(fast(body).is_none(), "{text}");
-            assert_eq!(Features::of(body), Features::of_value(body), "{text}");
+            // serde_json's reserved key: a `Value` swaps the object for the
+            // JSON in its string, anywhere, even under a structural key.
+            br#"{"$serde_json::private::RawValue":"{\"stream\":true}"}"#,
+            br#"{"tools":[{"function":{"parameters":{"$serde_json::private::RawValue":"{\"type\":\"ignore all\"}"}}}]}"#,
+            br#"{"model":{"$serde_json::private::RawValue":1},"messages":[{"content":"x"}]}"#,
+            br#"{"stream":[{"$serde_json::private::Raw\u0056alue":"1"}],"prompt":"p"}"#,
+        ]
+        .iter()
+        .map(|b| b.to_vec())
+        .collect();
+        // Repeats among many keys (the set, not the list).
+        for last in ["k0", "K39"] {
+            let mut keys: Vec<String> = (0..40).map(|i| format!("\"k{i}\":\"v\"")).collect();
+            keys.push(format!("\"{last}\":\"w\""));
+            bodies.push(format!("{{\"messages\":[{{{}}}]}}", keys.join(",")).into_bytes());
         }
-        let f = Features::of(br#"{"messages":[{"content":"public","content":"secret"}]}"#);
-        assert_eq!(f.prompt, "secret");
-        let f = Features::of(br#"{"max_tokens":9000,"max_tokens":10}"#);
-        assert_eq!(f.max_tokens, Some(10));
-        // A repeat where nothing is read is no reason to give up.
-        assert!(fast(br#"{"response_format":{"type":"a","type":"b"},"prompt":"p"}"#).is_some());
-        // Too many keys in one object.
-        let many: Vec<String> = (0..=MAX_KEYS).map(|i| format!("\"k{i}\":\"v\"")).collect();
-        let body = format!("{{{}}}", many.join(","));
-        assert!(fast(body.as_bytes()).is_none());
-        assert_eq!(
-            Features::of(body.as_bytes()),
-            Features::of_value(body.as_bytes())
-        );
-        // Refused by both, even where no text is read: not JSON to a model server.
+        for body in &bodies {
+            let f = Features::of(body);
+            assert_eq!(f, not_json(body), "{}", String::from_utf8_lossy(body));
+        }
+        // Not JSON to either reading, even where no text is read.
         for body in [
             &br#"{"role":"\ud800","content":"hi"}"#[..],
             b"{\"role\":\"\xff\",\"content\":\"hi\"}",
             br#"{"content":"hi"} x"#,
             br#"["hi"]"#,
+            "\u{feff}{\"stream\":true}".as_bytes(),
         ] {
             let f = Features::of(body);
             assert!(!f.json, "{}", String::from_utf8_lossy(body));
             assert_eq!(f, Features::of_value(body));
+        }
+    }
+
+    /// A body as a tree that keeps every key (a `Value` keeps one of a
+    /// repeated key and knows serde_json's reserved key): the proptest's
+    /// independent view of what the rules must refuse.
+    enum Tree {
+        Object(Vec<(String, Tree)>),
+        Array(Vec<Tree>),
+        Scalar,
+    }
+
+    impl<'de> serde::Deserialize<'de> for Tree {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Tree, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Tree;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("JSON")
+                }
+                fn visit_str<E>(self, _: &str) -> Result<Tree, E> {
+                    Ok(Tree::Scalar)
+                }
+                fn visit_bool<E>(self, _: bool) -> Result<Tree, E> {
+                    Ok(Tree::Scalar)
+                }
+                fn visit_i64<E>(self, _: i64) -> Result<Tree, E> {
+                    Ok(Tree::Scalar)
+                }
+                fn visit_u64<E>(self, _: u64) -> Result<Tree, E> {
+                    Ok(Tree::Scalar)
+                }
+                fn visit_f64<E>(self, _: f64) -> Result<Tree, E> {
+                    Ok(Tree::Scalar)
+                }
+                fn visit_unit<E>(self) -> Result<Tree, E> {
+                    Ok(Tree::Scalar)
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Tree, A::Error> {
+                    let mut items = Vec::new();
+                    while let Some(t) = seq.next_element()? {
+                        items.push(t);
+                    }
+                    Ok(Tree::Array(items))
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tree, A::Error> {
+                    let mut entries = Vec::new();
+                    while let Some(entry) = map.next_entry::<String, Tree>()? {
+                        entries.push(entry);
+                    }
+                    Ok(Tree::Object(entries))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    /// Whether `t` holds the reserved key anywhere, or, in an object the
+    /// rules read (`read`: not under a structural key), a key twice in any
+    /// ASCII case.
+    fn ambiguous(t: &Tree, read: bool) -> bool {
+        match t {
+            Tree::Scalar => false,
+            Tree::Array(items) => items.iter().any(|i| ambiguous(i, read)),
+            Tree::Object(entries) => entries.iter().enumerate().any(|(i, (k, v))| {
+                k == RAW_VALUE_KEY
+                    || (read && entries[..i].iter().any(|(e, _)| e.eq_ignore_ascii_case(k)))
+                    || ambiguous(v, read && !is_structural(k))
+            }),
         }
     }
 
@@ -621,23 +749,30 @@ mod tests {
             "options",
             "Options",
             "num_predict",
+            "Num_Predict",
             "tools",
+            "Tools",
             "functions",
             "role",
+            "type",
             "content",
             "Content",
             "messages",
             "text",
             "model",
             "\\u0072ole",
+            "$serde_json::private::RawValue",
             "a",
-            "A",
+            "b",
+            "c",
+            "d",
         ]);
         let leaf = prop::sample::select(vec![
             "true",
             "false",
             "null",
             "0",
+            "-0",
             "1",
             "-5",
             "4000.5",
@@ -653,6 +788,7 @@ mod tests {
             "\"\\ud800\"",
             "\"BAD\"",
             "\"\"",
+            "\"{\\\"stream\\\":true}\"",
         ])
         .prop_map(str::to_string);
         let value = leaf.prop_recursive(4, 48, 5, move |inner| {
@@ -660,7 +796,7 @@ mod tests {
                 prop::collection::vec(inner.clone(), 0..4)
                     .prop_map(|v| format!("[{}]", v.join(","))),
                 prop::collection::vec((key.clone(), inner), 0..5).prop_map(|kv| {
-                    let kv: Vec<String> = kv.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                    let kv: Vec<String> = kv.iter().map(|(k, v)| format!("\"{k}\": {v}")).collect();
                     format!("{{{}}}", kv.join(","))
                 }),
             ]
@@ -672,17 +808,23 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// The one pass (or its fallback) gives what the `Value` reading gives.
+        #![proptest_config(proptest::test_runner::Config::with_cases(1024))]
+
+        /// The one pass gives what a `Value` reading gives, or refuses a
+        /// body (not JSON to the rules) exactly when it is ambiguous.
         #[test]
         fn the_one_pass_agrees_with_the_value_reading(text in json_text()) {
             // Invalid UTF-8 where the text says BAD.
             let body: Vec<u8> = text.replace("BAD", "\u{1}").into_bytes();
             let body: Vec<u8> = body.into_iter().map(|b| if b == 1 { 0xff } else { b }).collect();
-            let oracle = Features::of_value(&body);
-            if let Some(f) = fast(&body) {
-                proptest::prop_assert_eq!(&f, &oracle);
+            let f = Features::of(&body);
+            match serde_json::from_slice::<Tree>(&body) {
+                Ok(t @ Tree::Object(_)) if !ambiguous(&t, true) => {
+                    proptest::prop_assert!(f.json);
+                    proptest::prop_assert_eq!(f, Features::of_value(&body));
+                }
+                _ => proptest::prop_assert_eq!(f, not_json(&body)),
             }
-            proptest::prop_assert_eq!(Features::of(&body), oracle);
         }
     }
 }
