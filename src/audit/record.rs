@@ -554,24 +554,50 @@ mod tests {
         }
     }
 
-    fn begin_json(enc: &Encoder, body: &str) -> serde_json::Value {
-        let call = Call {
-            id: "r1".into(),
+    /// A call of no client, started at the epoch, with `body`.
+    fn test_call(id: &str, path: &str, body: &str) -> Call {
+        Call {
+            id: id.into(),
             started: SystemTime::UNIX_EPOCH,
             client: None,
             tls: None,
             method: "POST".into(),
-            path: "/v1/chat/completions".into(),
+            path: path.into(),
             route: None,
             pool: None,
             model: None,
             request_body: Bytes::copy_from_slice(body.as_bytes()),
             stored_request: OnceLock::new(),
             stored_common: OnceLock::new(),
-        };
+        }
+    }
+
+    fn begin_json(enc: &Encoder, body: &str) -> serde_json::Value {
+        let call = test_call("r1", "/v1/chat/completions", body);
         let mut out = Vec::new();
         enc.begin(&call, &mut out);
         serde_json::from_slice(&out).unwrap()
+    }
+
+    /// The record's bytes, key order included (the common fields are
+    /// encoded once per call and spliced in after `kind`).
+    #[test]
+    fn a_begin_record_is_pinned_to_its_bytes() {
+        let enc = encoder(BodyMode::Masked, 1000);
+        let call = Call {
+            route: Some("r".into()),
+            model: Some("m".into()),
+            ..test_call("r1", "/v1/chat/completions", r#"{"prompt":"hi"}"#)
+        };
+        let mut out = Vec::new();
+        enc.begin(&call, &mut out);
+        let common = r#""id":"r1","ts":"1970-01-01T00:00:00.000Z","client":null,"method":"POST","path":"/v1/chat/completions","route":"r","pool":null,"model":"m""#;
+        let request =
+            r#""request":{"bytes":15,"stored":"masked","truncated":false,"body":{"prompt":"hi"}}"#;
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!(r#"{{"kind":"begin",{common},{request}}}"#)
+        );
     }
 
     #[test]
@@ -589,20 +615,7 @@ mod tests {
   "n": 1
 }"#;
         let mut out = Vec::new();
-        let c = Call {
-            id: "r2".into(),
-            started: SystemTime::UNIX_EPOCH,
-            client: None,
-            tls: None,
-            method: "POST".into(),
-            path: "/".into(),
-            route: None,
-            pool: None,
-            model: None,
-            request_body: Bytes::copy_from_slice(call.as_bytes()),
-            stored_request: OnceLock::new(),
-            stored_common: OnceLock::new(),
-        };
+        let c = test_call("r2", "/", call);
         encoder(BodyMode::Raw, 1000).begin(&c, &mut out);
         assert!(!out.contains(&b'\n'), "{}", String::from_utf8_lossy(&out));
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
