@@ -39,13 +39,16 @@ impl Gateway {
                 ctx.decision = Some(Decision {
                     action: "deny",
                     reason: Some(
-                        "body is not a JSON object, or repeats a key; the policy reads it".into(),
+                        "body is not a JSON object as the policy reads one (a key repeated, \
+                         or serde_json's reserved key)"
+                            .into(),
                     ),
                     ..Default::default()
                 });
                 return Err(ClientError::bad_request(
                     "The request body must be a JSON object that gives each key once \
-                     (in any letter case): this route's policy reads it.",
+                     (in any letter case) and no `$serde_json::private::RawValue` key: \
+                     this route's policy reads it.",
                 ));
             }
             if let Some(rule) = eval.rule {

@@ -95,14 +95,14 @@ impl Features {
         // Keys as lenient servers match them: any ASCII case.
         let get = |k: &'static str| {
             obj.iter()
-                .filter(move |(key, _)| key.eq_ignore_ascii_case(k))
+                .filter(move |(key, _)| go_name(Cow::Borrowed(key)).eq_ignore_ascii_case(k))
                 .map(|(_, v)| v)
         };
         let non_empty = |k| get(k).any(|v| v.as_array().is_some_and(|a| !a.is_empty()));
         let num_predict = get("options")
             .filter_map(Value::as_object)
             .flat_map(|o| o.iter())
-            .filter(|(k, _)| k.eq_ignore_ascii_case("num_predict"))
+            .filter(|(k, _)| go_name(Cow::Borrowed(k)).eq_ignore_ascii_case("num_predict"))
             .map(|(_, v)| v);
         let max_tokens = get("max_tokens")
             .chain(get("max_completion_tokens"))
@@ -181,7 +181,7 @@ fn collect_prompt(v: &Value, out: &mut String) {
         }
         Value::Object(map) => {
             for (k, item) in map {
-                if !STRUCTURAL_KEYS.iter().any(|s| k.eq_ignore_ascii_case(s)) {
+                if !is_structural(&go_name(Cow::Borrowed(k))) {
                     collect_prompt(item, out);
                 }
             }
@@ -199,6 +199,25 @@ const LISTED_KEYS: usize = 16;
 /// first key it is for the JSON text in its string value.
 const RAW_VALUE_KEY: &str = "$serde_json::private::RawValue";
 
+/// `key` as Go's `encoding/json` (Ollama) matches it with a field name,
+/// short of ASCII case (compared with `eq_ignore_ascii_case`): Go folds
+/// case the Unicode way, and two non-ASCII letters fold onto ASCII ones,
+/// `ſ` (U+017F) onto `s` and the Kelvin sign (U+212A) onto `k`; so
+/// `"ſtream"` is Ollama's `stream`. Every key is read through this.
+fn go_name(key: Cow<'_, str>) -> Cow<'_, str> {
+    const ONTO_ASCII: [char; 2] = ['\u{17F}', '\u{212A}'];
+    if key.is_ascii() || !key.contains(ONTO_ASCII) {
+        return key;
+    }
+    let folded = key.chars().map(|c| match c {
+        '\u{17F}' => 's',
+        '\u{212A}' => 'k',
+        c => c,
+    });
+    Cow::Owned(folded.collect())
+}
+
+/// Whether `key` (through [`go_name`]) is structural.
 fn is_structural(key: &str) -> bool {
     STRUCTURAL_KEYS.iter().any(|s| key.eq_ignore_ascii_case(s))
 }
@@ -310,7 +329,8 @@ fn reserved<E: de::Error>(key: &str) -> Result<(), E> {
     Ok(())
 }
 
-/// A key, borrowed from the body unless it has escapes.
+/// A key through [`go_name`], borrowed from the body unless it has
+/// escapes (or letters `go_name` folds).
 struct Key;
 
 impl<'de> DeserializeSeed<'de> for Key {
@@ -326,10 +346,10 @@ impl<'de> Visitor<'de> for Key {
         f.write_str("a key")
     }
     fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
-        Ok(Cow::Borrowed(s))
+        Ok(go_name(Cow::Borrowed(s)))
     }
     fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
-        Ok(Cow::Owned(s.to_owned()))
+        Ok(Cow::Owned(go_name(Cow::Borrowed(s)).into_owned()))
     }
 }
 
@@ -621,6 +641,23 @@ mod tests {
         }
     }
 
+    /// Keys are matched with field names as Go's `encoding/json` (Ollama)
+    /// matches them, non-ASCII letters that fold onto ASCII ones included.
+    #[test]
+    fn field_names_fold_as_go_folds_them() {
+        let f = Features::of(
+            "{\"\u{17F}tream\":true,\"max_to\u{212A}ens\":\"9000\",\"tool\u{17F}\":[{}],\"messages\":[{\"\u{17F}ource\":\"s\",\"\u{17F}eed\":\"x\"}]}"
+                .as_bytes(),
+        );
+        assert!(f.json && f.stream && f.tools);
+        assert_eq!(f.max_tokens, Some(9000));
+        // `ſeed` is `seed`, structural; `ſource` is text.
+        assert_eq!(f.prompt, "s");
+        // Escaped in the JSON text too.
+        let f = Features::of(br#"{"options":{"num_predict":64},"\u017ftream":"yes"}"#);
+        assert!(f.stream && f.max_tokens == Some(64));
+    }
+
     /// Bodies a model server could read otherwise than the rules do are not
     /// JSON to the rules (a policy that reads bodies answers 400).
     #[test]
@@ -644,6 +681,9 @@ mod tests {
         .iter()
         .map(|b| b.to_vec())
         .collect();
+        // Go's folding: `ſ` is `s`, the Kelvin sign `k`.
+        bodies.push("{\"max_tokens\":10,\"max_to\u{212A}ens\":100000}".into());
+        bodies.push("{\"stream\":false,\"\u{17F}tream\":true}".into());
         // Repeats among many keys (the set, not the list).
         for last in ["k0", "K39"] {
             let mut keys: Vec<String> = (0..40).map(|i| format!("\"k{i}\":\"v\"")).collect();
@@ -723,16 +763,17 @@ mod tests {
     }
 
     /// Whether `t` holds the reserved key anywhere, or, in an object the
-    /// rules read (`read`: not under a structural key), a key twice in any
-    /// ASCII case.
+    /// rules read (`read`: not under a structural key), a key twice as Go
+    /// matches field names.
     fn ambiguous(t: &Tree, read: bool) -> bool {
+        let name = |k: &str| go_name(Cow::Borrowed(k)).to_ascii_lowercase();
         match t {
             Tree::Scalar => false,
             Tree::Array(items) => items.iter().any(|i| ambiguous(i, read)),
             Tree::Object(entries) => entries.iter().enumerate().any(|(i, (k, v))| {
-                k == RAW_VALUE_KEY
-                    || (read && entries[..i].iter().any(|(e, _)| e.eq_ignore_ascii_case(k)))
-                    || ambiguous(v, read && !is_structural(k))
+                go_name(Cow::Borrowed(k)) == RAW_VALUE_KEY
+                    || (read && entries[..i].iter().any(|(e, _)| name(e) == name(k)))
+                    || ambiguous(v, read && !is_structural(&go_name(Cow::Borrowed(k))))
             }),
         }
     }
@@ -762,6 +803,10 @@ mod tests {
             "model",
             "\\u0072ole",
             "$serde_json::private::RawValue",
+            "\u{17F}tream",
+            "max_to\u{212A}ens",
+            "tool\u{17F}",
+            "\\u017ftream",
             "a",
             "b",
             "c",
