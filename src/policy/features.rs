@@ -74,7 +74,8 @@ impl Features {
     /// text ([`read`]). A body that is not a JSON object is not JSON to the
     /// rules (`json: false`, its prompt text the body itself), and neither
     /// is one that model servers could read otherwise than the rules do: a
-    /// key given twice, in any letter case, in an object the rules read
+    /// key given twice (as Go matches names: [`go_name`], any ASCII case)
+    /// in an object the rules read
     /// (Python keeps the last, Go's `encoding/json` merges objects and
     /// matches fields in any case), or serde_json's reserved raw-value key
     /// anywhere (a `Value` replaces the object holding it with the JSON in
@@ -92,7 +93,7 @@ impl Features {
         let Some(obj) = v.as_ref().and_then(Value::as_object) else {
             return not_json(body);
         };
-        // Keys as lenient servers match them: any ASCII case.
+        // Keys as Go matches field names (`go_name`, then any ASCII case).
         let get = |k: &'static str| {
             obj.iter()
                 .filter(move |(key, _)| go_name(Cow::Borrowed(key)).eq_ignore_ascii_case(k))
