@@ -2488,7 +2488,9 @@ mod tests {
             max_pending_per_requester: 100,
         };
         let store = fx.store(cfg).await;
-        let a = request("alice", "hello", Duration::from_millis(100));
+        // The request lives 200 ms, so a slow machine still decides it in
+        // time; kept max(300, 200 + 100) ms after creation.
+        let a = request("alice", "hello", Duration::from_millis(200));
         store.create(a.clone()).await.unwrap();
         store.decide(&a.id, "bob", false, None).await.unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
