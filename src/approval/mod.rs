@@ -26,6 +26,9 @@ use store::{Approval, ApprovalStore, ConsumeError, DecideError, Mode, Status, St
 /// Bytes of prompt text masked beyond the summary's cut (longer than any
 /// built-in entity).
 const SUMMARY_MARGIN: usize = 16 * 1024;
+/// Bounds of `redis.recheck`.
+const MIN_RECHECK: Duration = Duration::from_millis(100);
+const MAX_RECHECK: Duration = Duration::from_secs(3600);
 
 /// The header a client repeats a ticketed call with.
 pub const APPROVAL_HEADER: &str = "x-modelgate-approval";
@@ -93,6 +96,10 @@ pub struct RedisSection {
     /// Longest wait per Redis call. Default 500ms.
     #[serde(default = "default_redis_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// How often a held call re-reads its request, in case the pub/sub
+    /// message of a decision was missed (e.g. during a reconnect). Default 1s.
+    #[serde(default = "default_recheck", with = "humantime_serde")]
+    pub recheck: Duration,
 }
 
 impl fmt::Debug for ApprovalConfig {
@@ -125,6 +132,9 @@ fn default_summary_chars() -> usize {
 }
 fn default_key_prefix() -> String {
     "modelgate:".into()
+}
+fn default_recheck() -> Duration {
+    store::RECHECK
 }
 fn default_redis_timeout() -> Duration {
     Duration::from_millis(500)
@@ -176,6 +186,12 @@ impl ApprovalConfig {
             }
             (_, Some(r)) if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) => {
                 return bad("redis.url", "must start with redis:// or rediss://".into());
+            }
+            (_, Some(r)) if !(MIN_RECHECK..=MAX_RECHECK).contains(&r.recheck) => {
+                return bad(
+                    "redis.recheck",
+                    "must be between 100ms and 1h: it bounds how late a held call notices a decision whose message was missed".into(),
+                );
             }
             _ => {}
         }
@@ -314,6 +330,7 @@ impl Approvals {
                     url: r.url.clone(),
                     key_prefix: r.key_prefix.clone(),
                     timeout: r.timeout,
+                    recheck: r.recheck,
                 };
                 approvals.redis = Some((redis, store_cfg));
             }
@@ -711,5 +728,36 @@ fn unavailable(e: StoreError) -> ClientError {
         StoreError::Unavailable(_) => ClientError::approval_unavailable(
             "The approval service is unavailable right now; the call was not forwarded.",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(yaml: &str) -> Result<ApprovalConfig, String> {
+        let cfg: ApprovalConfig = serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
+        cfg.validate().map_err(|e| e.to_string())?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn redis_recheck_defaults_and_is_bounded() {
+        let base = "approver_groups: [a]\nstore: redis\n";
+        let cfg = check(&format!("{base}redis: {{url: 'redis://h:6379/0'}}")).unwrap();
+        assert_eq!(cfg.redis.unwrap().recheck, store::RECHECK);
+        let cfg = check(&format!(
+            "{base}redis: {{url: 'redis://h:6379/0', recheck: 1h}}"
+        ))
+        .unwrap();
+        assert_eq!(cfg.redis.unwrap().recheck, Duration::from_secs(3600));
+        for bad in ["50ms", "2h", "0s"] {
+            let err = check(&format!(
+                "{base}redis: {{url: 'redis://h:6379/0', recheck: {bad}}}"
+            ))
+            .err()
+            .unwrap_or_else(|| panic!("recheck: {bad} is refused"));
+            assert!(err.contains("approval.redis.recheck"), "{err}");
+        }
     }
 }

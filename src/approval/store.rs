@@ -86,7 +86,7 @@ use tokio::time::Instant;
 const EVENT_CAPACITY: usize = 1024;
 /// Redis mode: how often a waiter re-reads its record, in case an event was
 /// lost while the event connection was down.
-const RECHECK: Duration = Duration::from_secs(1);
+pub const RECHECK: Duration = Duration::from_secs(1);
 /// How often the event connection is checked with PING.
 const PING_EVERY: Duration = Duration::from_secs(5);
 /// Reconnect backoff of the event connection: first and longest delay.
@@ -297,6 +297,9 @@ pub struct RedisStoreConfig {
     /// Longest wait for Redis per call. Connecting may take up to
     /// `max(timeout, 1s)`.
     pub timeout: Duration,
+    /// How often waiters re-read their record, in case a pub/sub message
+    /// was missed.
+    pub recheck: Duration,
 }
 
 impl RedisStoreConfig {
@@ -306,6 +309,7 @@ impl RedisStoreConfig {
             url: url.into(),
             key_prefix: "modelgate:".into(),
             timeout: Duration::from_secs(1),
+            recheck: RECHECK,
         }
     }
 }
@@ -316,6 +320,7 @@ impl fmt::Debug for RedisStoreConfig {
             .field("url", &redact_url(&self.url))
             .field("key_prefix", &self.key_prefix)
             .field("timeout", &self.timeout)
+            .field("recheck", &self.recheck)
             .finish()
     }
 }
@@ -503,14 +508,6 @@ impl ApprovalStore {
         cfg: StoreConfig,
         redis: RedisStoreConfig,
     ) -> Result<ApprovalStore, StoreError> {
-        Self::redis_with_recheck(cfg, redis, RECHECK).await
-    }
-
-    async fn redis_with_recheck(
-        cfg: StoreConfig,
-        redis: RedisStoreConfig,
-        recheck: Duration,
-    ) -> Result<ApprovalStore, StoreError> {
         let hub = Arc::new(Hub::new());
         let backend = RedisBackend::connect(&redis, hub.clone()).await?;
         Ok(ApprovalStore {
@@ -518,7 +515,7 @@ impl ApprovalStore {
                 cfg,
                 hub,
                 backend: Backend::Redis(Box::new(backend)),
-                recheck,
+                recheck: redis.recheck,
             }),
         })
     }
@@ -1829,6 +1826,7 @@ mod tests {
             url: url.to_string(),
             key_prefix: "modelgate:".into(),
             timeout: Duration::from_secs(5),
+            recheck: RECHECK,
         }
     }
 
@@ -1862,10 +1860,12 @@ mod tests {
         async fn store(&self, cfg: StoreConfig) -> ApprovalStore {
             match &self.redis {
                 None => ApprovalStore::memory(cfg),
-                Some(server) => ApprovalStore::redis_with_recheck(
+                Some(server) => ApprovalStore::redis(
                     cfg,
-                    redis_config(&server.url()),
-                    Duration::from_secs(60),
+                    RedisStoreConfig {
+                        recheck: Duration::from_secs(60),
+                        ..redis_config(&server.url())
+                    },
                 )
                 .await
                 .expect("connects to the test redis"),
@@ -2674,10 +2674,12 @@ mod tests {
     async fn redis_recheck_catches_a_missed_event() {
         bounded(async {
             let server = RedisServer::start();
-            let store = ApprovalStore::redis_with_recheck(
+            let store = ApprovalStore::redis(
                 config(),
-                redis_config(&server.url()),
-                Duration::from_millis(200),
+                RedisStoreConfig {
+                    recheck: Duration::from_millis(200),
+                    ..redis_config(&server.url())
+                },
             )
             .await
             .unwrap();
@@ -2710,10 +2712,12 @@ mod tests {
         bounded(async {
             let port = free_port();
             let server = RedisServer::start_on(port, &[]);
-            let store = ApprovalStore::redis_with_recheck(
+            let store = ApprovalStore::redis(
                 config(),
-                redis_config(&server.url()),
-                Duration::from_secs(60),
+                RedisStoreConfig {
+                    recheck: Duration::from_secs(60),
+                    ..redis_config(&server.url())
+                },
             )
             .await
             .unwrap();
@@ -2771,8 +2775,10 @@ mod tests {
 
             // Right password; then the server goes away.
             let right = format!("redis://:right-pw@127.0.0.1:{}/0", server.port);
-            let mut cfg = redis_config(&right);
-            cfg.timeout = Duration::from_millis(500);
+            // redis_config's 5 s timeout: creating the store loads scripts,
+            // several round trips; the errors below come from the server
+            // being gone, not from the timeout.
+            let cfg = redis_config(&right);
             let store = ApprovalStore::redis(config(), cfg.clone()).await.unwrap();
             assert!(!format!("{store:?} {cfg:?}").contains("right-pw"));
             let a = request("alice", "hello", minutes(10));
