@@ -1105,7 +1105,9 @@ mod tests {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn replicas_share_one_bucket() {
             let redis = RedisServer::start();
-            let limits = "clients: { alice: { requests_per_second: 5, burst: 5 }, warm: { requests_per_second: 100 } }";
+            // A slow refill (1 token/s), so that timing is not what decides
+            // the result: the margins below are about a second, not ms.
+            let limits = "clients: { alice: { requests_per_second: 1, burst: 5 }, warm: { requests_per_second: 100 } }";
             let a = replica(&redis.url(), limits);
             let b = replica(&redis.url(), limits);
             // Connect both first, so the 10 admits below are quick.
@@ -1123,22 +1125,28 @@ mod tests {
                 }
             }
             // Exactly 5 unless the machine is so slow that the 10 calls took
-            // over 200 ms, in which case refills may add one per 200 ms.
-            let refilled = (started.elapsed().as_secs_f64() * 5.0) as usize;
+            // over 1 s, in which case refills may add one per second.
+            let refilled = started.elapsed().as_secs_f64() as usize;
             assert!(
                 (5..=5 + refilled).contains(&admitted),
                 "{admitted} admitted; {refusals:?}"
             );
             for limited in &refusals {
-                assert_eq!(limited.limit, "client alice: 5 requests/s");
+                assert_eq!(limited.limit, "client alice: 1 requests/s");
                 assert_eq!(limited.retry_after_secs, 1);
             }
             assert_eq!(a.store_errors() + b.store_errors(), 0);
 
-            // After 1/5 s one more token is back, for either replica.
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            b.admit("alice", &[]).await.unwrap();
+            // Once a token is back (after about 1 s) either replica can take
+            // it, and then it is gone for the other: the next token is ~1 s
+            // away, far more than the time between the two calls.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while b.admit("alice", &[]).await.is_err() {
+                assert!(Instant::now() < deadline, "no token came back");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             assert!(a.admit("alice", &[]).await.is_err());
+            assert_eq!(a.store_errors() + b.store_errors(), 0);
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1197,7 +1205,9 @@ mod tests {
         #[tokio::test]
         async fn key_prefix_separates_gateways() {
             let redis = RedisServer::start();
-            let limits = "clients: { alice: { requests_per_second: 1, burst: 1 } }";
+            // Slow enough (one token per 100 s) that the refusal below and
+            // the TTL range cannot depend on how fast this machine is.
+            let limits = "clients: { alice: { requests_per_second: 0.01, burst: 1 } }";
             let one = replica(&redis.url(), limits);
             let other = Limiter::new(&config(&format!(
                 "redis: {{ url: '{}', key_prefix: 'other:', timeout: 5s }}\n{limits}",
@@ -1217,13 +1227,15 @@ mod tests {
                 .unwrap();
             keys.sort();
             assert_eq!(keys, ["modelgate:tb:client:alice", "other:tb:client:alice"]);
-            // Idle buckets expire once they would be full again.
+            // Idle buckets expire once they would be full again: burst / rate
+            // = 100 s, plus 1 s. The lower end leaves 11 s for a slow machine
+            // and still rules out a short fixed TTL or none (-1).
             let ttl_ms: i64 = redis::cmd("PTTL")
                 .arg("modelgate:tb:client:alice")
                 .query_async(&mut conn)
                 .await
                 .unwrap();
-            assert!((1..=2000).contains(&ttl_ms), "{ttl_ms}");
+            assert!((90_000..=101_000).contains(&ttl_ms), "{ttl_ms}");
         }
 
         #[tokio::test]
