@@ -22,7 +22,6 @@ impl Drop for Proc {
     }
 }
 
-/// A port that was free a moment ago.
 /// A port free on loopback now, never one this test process was given
 /// before: the kernel may hand out a just-released port again, and two
 /// listeners of one config on the same port are a config error.
@@ -375,6 +374,163 @@ pub fn read_timed(
     let total = start.elapsed();
     let at = seen_at.unwrap_or_else(|| panic!("`{marker}` never arrived"));
     (String::from_utf8(bytes).unwrap(), at, total)
+}
+
+/// How long a [`HeldStream`] model holds the rest of an answer back, waiting
+/// for the test to release it; then it gives up and cuts the answer off.
+pub const HOLD: Duration = Duration::from_secs(10);
+
+/// A model host (see `raw_model`) that answers every request with a
+/// chunked `200` in two parts: it writes the `head` chunks, then holds the
+/// `rest` back until the test has seen a marker of the head arrive through
+/// the gateway ([`HeldStream::read`]). Streaming is then checked by the
+/// order of events, not by timing: a gateway that buffers the answer never
+/// shows the marker before the rest is released, however fast the machine.
+pub struct HeldStream {
+    pub addr: String,
+    release: std::sync::mpsc::Sender<()>,
+    /// Per answered request: its head (request line and header fields),
+    /// and whether the test released the rest (false: the hold timed out
+    /// and the answer was cut off).
+    answered: std::sync::mpsc::Receiver<(String, bool)>,
+}
+
+impl HeldStream {
+    pub fn start(content_type: &str, head: Vec<String>, rest: Vec<String>) -> HeldStream {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = std::sync::Arc::new(std::sync::Mutex::new(released));
+        let content_type = content_type.to_string();
+        let chunk = |data: &str| format!("{:x}\r\n{data}\r\n", data.len());
+        let (addr, answered) = raw_model(move |mut s, tx| {
+            let mut seen = Vec::new();
+            // Health checks connect and close without a request.
+            while let Some((request, len)) = read_message(&mut s, &mut seen) {
+                seen.drain(..len);
+                let mut out = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
+                );
+                for c in &head {
+                    out.push_str(&chunk(c));
+                }
+                if s.write_all(out.as_bytes()).is_err() {
+                    return;
+                }
+                let ok = released.lock().unwrap().recv_timeout(HOLD).is_ok();
+                let _ = tx.send((request, ok));
+                if !ok {
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+                let mut out: String = rest.iter().map(|c| chunk(c)).collect();
+                out.push_str("0\r\n\r\n");
+                if s.write_all(out.as_bytes()).is_err() {
+                    return;
+                }
+            }
+        });
+        HeldStream {
+            addr,
+            release,
+            answered,
+        }
+    }
+
+    /// Reads `resp` (a `200` without `Content-Length`: a stream) until
+    /// `marker` appears, only then lets the model send the rest, and reads
+    /// to the end. Returns the body and the head of the request the model
+    /// got. Fails if the marker did not arrive while the model was holding
+    /// the rest back (a buffering gateway).
+    pub fn read(&self, mut resp: reqwest::blocking::Response, marker: &str) -> (String, String) {
+        assert_eq!(resp.status(), 200);
+        assert!(resp.headers().get("content-length").is_none());
+        let mut buf = [0u8; 4096];
+        let mut bytes = Vec::new();
+        let mut seen = false;
+        loop {
+            let n = match resp.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) => panic!(
+                    "stream broken ({e}) after:\n{}",
+                    String::from_utf8_lossy(&bytes)
+                ),
+            };
+            if n == 0 {
+                break;
+            }
+            bytes.extend_from_slice(&buf[..n]);
+            if !seen && String::from_utf8_lossy(&bytes).contains(marker) {
+                seen = true;
+                self.release.send(()).unwrap();
+            }
+        }
+        let body = String::from_utf8(bytes).unwrap();
+        assert!(seen, "`{marker}` never arrived: {body}");
+        let (request, released) = self
+            .answered
+            .recv_timeout(HOLD + Duration::from_secs(5))
+            .expect("the model answered");
+        assert!(
+            released,
+            "`{marker}` reached the client only after the model gave up holding the rest back: not streamed"
+        );
+        (body, request)
+    }
+}
+
+/// Reads from `s` into `seen` until it holds one whole HTTP/1 message with
+/// a `Content-Length` body, or none (the gateway forwards request bodies
+/// with an exact length); returns its head (up to the blank line) and its
+/// length in bytes, or `None` if the peer closed first.
+pub fn read_message(s: &mut TcpStream, seen: &mut Vec<u8>) -> Option<(String, usize)> {
+    let mut buf = [0u8; 16384];
+    loop {
+        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if seen.len() >= end + 4 + length {
+                return Some((head, end + 4 + length));
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(n @ 1..) => seen.extend_from_slice(&buf[..n]),
+            _ => return None,
+        }
+    }
+}
+
+/// An OpenAI chat stream, one SSE event per item: a role chunk, a chunk per
+/// piece of text, a `stop` chunk, then `data: [DONE]`.
+pub fn openai_chat_events(pieces: &[&str]) -> Vec<String> {
+    let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
+        let v = serde_json::json!({
+            "id": "chatcmpl-held-1",
+            "object": "chat.completion.chunk",
+            "created": 1_700_000_000,
+            "model": "demo-model",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        });
+        format!("data: {v}\n\n")
+    };
+    let mut events = vec![chunk(
+        serde_json::json!({"role": "assistant", "content": ""}),
+        serde_json::Value::Null,
+    )];
+    for p in pieces {
+        events.push(chunk(
+            serde_json::json!({ "content": p }),
+            serde_json::Value::Null,
+        ));
+    }
+    events.push(chunk(serde_json::json!({}), serde_json::json!("stop")));
+    events.push("data: [DONE]\n\n".into());
+    events
 }
 
 /// A real `redis-server` on a free loopback port, stopped on drop.
