@@ -145,6 +145,20 @@ fn calls_ok(gw: &Gateway, n: usize) {
     }
 }
 
+/// Polls `f` every 50 ms until it holds (true) or `timeout` passes (false).
+fn poll(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if start.elapsed() >= timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn wait_for_records(dir: &Path, what: &str, mut done: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
     let mut last = Vec::new();
     wait_until(what, Duration::from_secs(30), || {
@@ -428,12 +442,13 @@ fn the_http_sink_delivers_every_record_and_survives_a_collector_restart() {
     // The collector goes away; calls go on (the file sink has them).
     drop(collector);
     calls_ok(&gw, 10);
-    std::thread::sleep(Duration::from_millis(500));
-    let metrics = gw.metrics();
-    assert!(
-        metrics.contains("modelgate_audit_sink_errors_total{sink=\"elasticsearch:"),
-        "{metrics}"
-    );
+    // The sink notices in the background: poll for its error count.
+    let mut metrics = String::new();
+    let counted = poll(Duration::from_secs(10), || {
+        metrics = gw.metrics();
+        metrics.contains("modelgate_audit_sink_errors_total{sink=\"elasticsearch:")
+    });
+    assert!(counted, "sink errors are counted: {metrics}");
 
     // It comes back on the same port and receives what it missed, once.
     let _collector = Collector::start(port, &store, false);
@@ -468,14 +483,49 @@ fn a_full_queue_under_fail_closed_refuses_calls_and_none_goes_unrecorded() {
     let path = audit.path().join("audit.jsonl");
     let store = audit.path().join("collector.store");
     let port = free_port();
-    let stuck = Collector::start(port, &store, true);
+    // A healthy collector first, so that calls are served however long the
+    // gateway takes to start; it gets stuck (hangs) only once they are in.
+    let healthy = Collector::start(port, &store, false);
     let gw = Gateway::start(
         &stuck_sink_config(&up, &path, port, "  fail_closed_after: 300ms\n"),
         &[],
         true,
     );
     let mut served = Vec::new();
+    for i in 0..3 {
+        let a = call(
+            &gw,
+            ALICE_KEY,
+            &chat("m", i % 2 == 0),
+            &[("x-demo-delay-ms", "0")],
+        );
+        assert_eq!(a.status, 200, "{}", a.body);
+        served.push(a.id);
+    }
+    // Every record written so far is delivered and acknowledged: the sink
+    // is idle and healthy when the collector gets stuck.
+    let es_written =
+        format!("modelgate_audit_written_total{{sink=\"elasticsearch:http://127.0.0.1:{port}");
+    let mut written = (0, None);
+    wait_until(
+        "the collector has every record",
+        Duration::from_secs(30),
+        || {
+            let in_file = records(audit.path()).len();
+            let delivered = gw
+                .metrics()
+                .lines()
+                .find(|l| l.starts_with(&es_written))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok());
+            written = (in_file, delivered);
+            in_file == 1 + 2 * served.len() && delivered == Some(in_file)
+        },
+    );
+    assert_eq!(stored_hashes(&store).len(), written.0);
+    drop(healthy);
+    let stuck = Collector::start(port, &store, true);
     let mut refused = 0;
+    let mut served_while_stuck = 0;
     for i in 0..30 {
         let a = call(
             &gw,
@@ -484,7 +534,10 @@ fn a_full_queue_under_fail_closed_refuses_calls_and_none_goes_unrecorded() {
             &[("x-demo-delay-ms", "0")],
         );
         match a.status {
-            200 => served.push(a.id),
+            200 => {
+                served.push(a.id);
+                served_while_stuck += 1;
+            }
             503 => {
                 let v: Value = serde_json::from_str(&a.body).unwrap();
                 assert_eq!(v["error"]["code"], "audit_unavailable", "{}", a.body);
@@ -494,8 +547,13 @@ fn a_full_queue_under_fail_closed_refuses_calls_and_none_goes_unrecorded() {
         }
         std::thread::sleep(Duration::from_millis(40));
     }
+    // The first call after the collector got stuck finds an empty queue and
+    // a healthy sink; its records then wait behind the stuck writer.
+    assert!(
+        served_while_stuck > 0,
+        "no call was served while the collector hung"
+    );
     assert!(refused > 0, "the queue never filled");
-    assert!(!served.is_empty());
     let metrics = gw.metrics();
     assert!(
         metrics.contains(&format!("modelgate_audit_refused_total {refused}")),
@@ -616,10 +674,11 @@ fn kill_9_under_load_leaves_whole_records_and_the_restarted_writer_resumes_the_c
     let config = audited(&up, &path, "", "", "");
     let mut gw = Gateway::start(&config, &[], true);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let url = gw.url("/v1/chat/completions");
     let load: Vec<_> = (0..4)
         .map(|t| {
-            let (stop, url) = (stop.clone(), url.clone());
+            let (stop, done, url) = (stop.clone(), done.clone(), url.clone());
             std::thread::spawn(move || {
                 let c = http();
                 let mut ok = 0;
@@ -633,13 +692,19 @@ fn kill_9_under_load_leaves_whole_records_and_the_restarted_writer_resumes_the_c
                         .and_then(|r| r.text());
                     if r.is_ok() {
                         ok += 1;
+                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
                 ok
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Kill while the load runs, once enough calls were served and recorded,
+    // however fast this machine is.
+    wait_until("load served and recorded", Duration::from_secs(60), || {
+        done.load(std::sync::atomic::Ordering::Relaxed) > 20
+            && of_kind(&records(audit.path()), "call").len() > 10
+    });
     gw.kill9();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let served: u32 = load.into_iter().map(|h| h.join().unwrap()).sum();
@@ -744,29 +809,43 @@ fn more_calls_in_flight_than_queue_capacity_are_all_served_and_recorded() {
         true,
     );
     let url = gw.url("/v1/chat/completions");
-    // 30 streams of ~1 s, started 20 ms apart: all open at once, while the
-    // writer keeps up with their records.
+    // 30 streams of ~6 s, started 100 ms apart (over ~3 s): all open at
+    // once, while the writer keeps up with their records. Spacing the starts
+    // out leaves the writer ~800 ms (an fsync stall on a busy machine) before
+    // waiting `begin` records could fill the queue.
+    let t0 = Instant::now();
     let streams: Vec<_> = (0..30)
         .map(|_| {
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(100));
             let url = url.clone();
             std::thread::spawn(move || {
                 let r = http()
                     .post(&url)
                     .bearer_auth(ALICE_KEY)
-                    .header("x-demo-events", "10")
-                    .header("x-demo-delay-ms", "100")
+                    .header("x-demo-events", "25")
+                    .header("x-demo-delay-ms", "250")
                     .json(&chat("m", true))
                     .send()
                     .unwrap();
-                (r.status().as_u16(), r.text().unwrap())
+                // Headers in: the call was admitted and is in flight.
+                let open = t0.elapsed();
+                let status = r.status().as_u16();
+                let body = r.text().unwrap();
+                (status, body, open, t0.elapsed())
             })
         })
         .collect();
+    let (mut last_open, mut first_done) = (Duration::ZERO, Duration::MAX);
     for s in streams {
-        let (status, body) = s.join().unwrap();
+        let (status, body, open, done) = s.join().unwrap();
         assert_eq!(status, 200, "{body}");
+        last_open = last_open.max(open);
+        first_done = first_done.min(done);
     }
+    assert!(
+        last_open < first_done,
+        "the 30 calls were not all in flight at once (last admitted at {last_open:?}, first done at {first_done:?})"
+    );
     let metrics = gw.metrics();
     assert!(
         metrics.contains("modelgate_audit_refused_total 0"),

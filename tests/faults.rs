@@ -193,7 +193,7 @@ fn an_upstream_that_hangs() {
     let r = raw(
         &gw2,
         json!({"headers": {"content-type": "text/event-stream"},
-               "chunks": [sse("first "), sse("second")], "delay_ms": 5000}),
+               "chunks": [sse("first "), sse("second")], "delay_ms": 60000}),
     );
     let id = request_id(&r);
     let mut body = Vec::new();
@@ -201,7 +201,9 @@ fn an_upstream_that_hangs() {
     let read = reader.read_to_end(&mut body);
     let stalled = started.elapsed();
     assert!(read.is_err(), "{}", String::from_utf8_lossy(&body));
-    assert!(stalled < Duration::from_secs(4), "{stalled:?}");
+    // Cut off by the gateway's 1 s read timeout: long before the model's
+    // next chunk (60 s) or the client's own timeout (30 s).
+    assert!(stalled < Duration::from_secs(20), "{stalled:?}");
     assert!(String::from_utf8_lossy(&body).contains("first "));
     let rec = call_record(dir2.path(), &id);
     assert_eq!(rec["error"]["code"], "upstream_timeout", "{rec}");
@@ -211,10 +213,19 @@ fn an_upstream_that_hangs() {
     );
 }
 
+/// What a [`holding_model`] saw of one call.
+enum Held {
+    /// It has read (the start of) the request.
+    Asked,
+    /// The gateway closed the connection, this long after the request.
+    Closed(Duration),
+}
+
 /// A model host that reads each request, answers with `answer` (nothing if
-/// empty) and then holds the connection; for every call it reports how
-/// long after the request it saw the gateway close the connection.
-fn holding_model(answer: &'static str) -> (String, std::sync::mpsc::Receiver<Duration>) {
+/// empty) and then holds the connection; for every call it reports when it
+/// has the request, then how long after the request it saw the gateway
+/// close the connection.
+fn holding_model(answer: &'static str) -> (String, std::sync::mpsc::Receiver<Held>) {
     raw_model(move |mut s, tx| {
         let mut buf = [0u8; 16384];
         // Health checks connect and close without a request.
@@ -222,6 +233,7 @@ fn holding_model(answer: &'static str) -> (String, std::sync::mpsc::Receiver<Dur
             return;
         }
         let asked = Instant::now();
+        let _ = tx.send(Held::Asked);
         if !answer.is_empty() {
             s.write_all(answer.as_bytes()).unwrap();
         }
@@ -232,7 +244,7 @@ fn holding_model(answer: &'static str) -> (String, std::sync::mpsc::Receiver<Dur
                 Ok(_) => {}
             }
         }
-        let _ = tx.send(asked.elapsed());
+        let _ = tx.send(Held::Closed(asked.elapsed()));
     })
 }
 
@@ -281,13 +293,24 @@ fn a_client_that_leaves_ends_the_model_call() {
                 got.extend_from_slice(&buf[..n]);
             }
         } else {
-            // The model has the request; the client leaves before the answer.
-            std::thread::sleep(Duration::from_millis(300));
+            // The client leaves before the answer, once the model has the
+            // request (not before the gateway forwarded it).
+            assert!(
+                matches!(
+                    closed.recv_timeout(Duration::from_secs(10)),
+                    Ok(Held::Asked)
+                ),
+                "the model never got the request"
+            );
         }
         drop(c);
-        let held = closed
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the gateway closes the model's connection");
+        let held = loop {
+            match closed.recv_timeout(Duration::from_secs(10)) {
+                Ok(Held::Closed(held)) => break held,
+                Ok(Held::Asked) => {}
+                Err(e) => panic!("{what}: the gateway never closed the model's connection: {e}"),
+            }
+        };
         assert!(held < Duration::from_secs(5), "{what}: {held:?}");
         // The call is recorded as ended by the client, with what it was sent.
         let mut rec = None;
@@ -484,9 +507,15 @@ fn a_graceful_reload_under_load_fails_no_call() {
     let old_pid = gw.pid();
     let stop = Arc::new(AtomicBool::new(false));
     let failed = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut workers = Vec::new();
     for w in 0..4 {
-        let (stop, failed, url) = (stop.clone(), failed.clone(), gw.url("/v1/chat/completions"));
+        let (stop, failed, served, url) = (
+            stop.clone(),
+            failed.clone(),
+            served.clone(),
+            gw.url("/v1/chat/completions"),
+        );
         workers.push(std::thread::spawn(move || {
             let client = http();
             let mut ids = Vec::new();
@@ -513,14 +542,22 @@ fn a_graceful_reload_under_load_fails_no_call() {
                     Err(e) => Err(format!("{e:?}")),
                 };
                 match outcome {
-                    Ok(id) => ids.push(id),
+                    Ok(id) => {
+                        ids.push(id);
+                        served.fetch_add(1, Ordering::Relaxed);
+                    }
                     Err(e) => failed.lock().unwrap().push(e),
                 }
             }
             ids
         }));
     }
-    std::thread::sleep(Duration::from_secs(1));
+    // The load is running before the reload starts.
+    wait_until(
+        "calls served before the reload",
+        Duration::from_secs(30),
+        || served.load(Ordering::Relaxed) >= 10,
+    );
     // The documented procedure: `modelgate -c FILE reload`.
     let conf = gw.dir.path().join("modelgate.yaml");
     let reload = std::thread::spawn(move || {
@@ -557,7 +594,17 @@ fn a_graceful_reload_under_load_fails_no_call() {
     );
     assert!(!gw.is_running(), "the old process is still running");
     assert_ne!(new_pid, old_pid);
-    std::thread::sleep(Duration::from_millis(1500));
+    // The load goes on against the new process: at least 25 more calls,
+    // and 50 in all, however fast this machine is.
+    let after_handover = served.load(Ordering::Relaxed);
+    wait_until(
+        "calls served after the reload",
+        Duration::from_secs(60),
+        || {
+            let n = served.load(Ordering::Relaxed);
+            n >= 50 && n >= after_handover + 25
+        },
+    );
     stop.store(true, Ordering::Relaxed);
     let ids: Vec<String> = workers
         .into_iter()
