@@ -15,8 +15,18 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
+    /// On a free port. A port taken between `free_port` and the server's
+    /// bind (say, as an outgoing connection's local port) makes the server
+    /// exit at start: then another port is tried.
     pub fn start() -> RedisServer {
-        Self::start_on(free_port(), &[])
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start_on(free_port(), &[]) {
+                Ok(server) => return server,
+                Err(e) => last = e,
+            }
+        }
+        panic!("{last}");
     }
 
     /// On `port`, with extra command-line arguments (e.g. `--requirepass`).
@@ -26,6 +36,12 @@ impl RedisServer {
     /// something else (another test binary's Redis, say) fails loudly here
     /// instead of two tests silently sharing one Redis.
     pub fn start_on(port: u16, extra: &[&str]) -> RedisServer {
+        Self::try_start_on(port, extra).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As `start_on`; `Err` if the server exited at start or another one
+    /// answers on `port` (ours is killed when the `Err` drops it).
+    fn try_start_on(port: u16, extra: &[&str]) -> Result<RedisServer, String> {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -42,14 +58,18 @@ impl RedisServer {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("redis-server on port {port} exited at start ({status}); port taken?");
+                return Err(format!(
+                    "redis-server on port {port} exited at start ({status}); port taken?"
+                ));
             }
             match server_pid(port, password) {
-                Some(pid) if pid == server.child.id() => return server,
-                Some(pid) => panic!(
-                    "port {port} is served by another redis-server (pid {pid}, ours is {})",
-                    server.child.id()
-                ),
+                Some(pid) if pid == server.child.id() => return Ok(server),
+                Some(pid) => {
+                    return Err(format!(
+                        "port {port} is served by another redis-server (pid {pid}, ours is {})",
+                        server.child.id()
+                    ))
+                }
                 None => {}
             }
             assert!(Instant::now() < deadline, "redis-server did not start");

@@ -387,10 +387,8 @@ impl Collector {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let c = Collector { _proc: Proc(child) };
-        wait_until("collector", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        let mut c = Collector { _proc: Proc(child) };
+        wait_listening(&mut c._proc, port, "collector");
         c
     }
 }
@@ -674,6 +672,7 @@ fn kill_9_under_load_leaves_whole_records_and_the_restarted_writer_resumes_the_c
     let config = audited(&up, &path, "", "", "");
     let mut gw = Gateway::start(&config, &[], true);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _stop = StopOnDrop(stop.clone());
     let done = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let url = gw.url("/v1/chat/completions");
     let load: Vec<_> = (0..4)
@@ -803,16 +802,24 @@ fn more_calls_in_flight_than_queue_capacity_are_all_served_and_recorded() {
     let up = Upstream::start("u1");
     let audit = tempfile::tempdir().unwrap();
     let path = audit.path().join("audit.jsonl");
+    // `block`: a writer stalled (a slow fsync on a busy machine) while
+    // `begin` records pile up makes a call wait, not fail. A queue that
+    // wrongly capped open calls would make the 9th wait for the first to
+    // end, which the in-flight check below catches.
     let gw = Gateway::start(
-        &audited(&up, &path, "  queue_capacity: 8\n", "", ""),
+        &audited(
+            &up,
+            &path,
+            "  queue_capacity: 8\n  on_full: block\n  block_timeout: 30s\n",
+            "",
+            "",
+        ),
         &[],
         true,
     );
     let url = gw.url("/v1/chat/completions");
     // 30 streams of ~6 s, started 100 ms apart (over ~3 s): all open at
-    // once, while the writer keeps up with their records. Spacing the starts
-    // out leaves the writer ~800 ms (an fsync stall on a busy machine) before
-    // waiting `begin` records could fill the queue.
+    // once, while the writer keeps up with their records.
     let t0 = Instant::now();
     let streams: Vec<_> = (0..30)
         .map(|_| {

@@ -506,6 +506,7 @@ fn a_graceful_reload_under_load_fails_no_call() {
     let mut gw = Gateway::start(&config(&[&up.addr], dir.path()), &[], true);
     let old_pid = gw.pid();
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop = StopOnDrop(stop.clone());
     let failed = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut workers = Vec::new();

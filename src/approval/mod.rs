@@ -746,12 +746,14 @@ mod tests {
         let base = "approver_groups: [a]\nstore: redis\n";
         let cfg = check(&format!("{base}redis: {{url: 'redis://h:6379/0'}}")).unwrap();
         assert_eq!(cfg.redis.unwrap().recheck, store::RECHECK);
-        let cfg = check(&format!(
-            "{base}redis: {{url: 'redis://h:6379/0', recheck: 1h}}"
-        ))
-        .unwrap();
-        assert_eq!(cfg.redis.unwrap().recheck, Duration::from_secs(3600));
-        for bad in ["50ms", "2h", "0s"] {
+        for (ok, d) in [("100ms", 100), ("1h", 3_600_000)] {
+            let cfg = check(&format!(
+                "{base}redis: {{url: 'redis://h:6379/0', recheck: {ok}}}"
+            ))
+            .unwrap();
+            assert_eq!(cfg.redis.unwrap().recheck, Duration::from_millis(d));
+        }
+        for bad in ["99ms", "3601s", "0s"] {
             let err = check(&format!(
                 "{base}redis: {{url: 'redis://h:6379/0', recheck: {bad}}}"
             ))

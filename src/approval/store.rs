@@ -2488,12 +2488,12 @@ mod tests {
             max_pending_per_requester: 100,
         };
         let store = fx.store(cfg).await;
-        // The request lives 200 ms, so a slow machine still decides it in
-        // time; kept max(300, 200 + 100) ms after creation.
-        let a = request("alice", "hello", Duration::from_millis(200));
+        // The request lives 2 s, so a slow machine still decides it in
+        // time; kept max(300, 2000 + 100) ms after creation.
+        let a = request("alice", "hello", Duration::from_secs(2));
         store.create(a.clone()).await.unwrap();
         store.decide(&a.id, "bob", false, None).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
         store.sweep().await.unwrap();
         assert_eq!(store.get(&a.id).await.unwrap(), None);
         assert!(store.list(None, 10).await.unwrap().is_empty());

@@ -40,6 +40,33 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Waits until something accepts connections on `port` while `child` (the
+/// process meant to listen there) is still running: a child that exited at
+/// start (its port taken) fails here, by name, instead of the test talking
+/// to whatever holds the port.
+pub fn wait_listening(child: &mut Proc, port: u16, what: &str) {
+    wait_until(what, Duration::from_secs(10), || {
+        if let Ok(Some(status)) = child.0.try_wait() {
+            panic!("{what} on port {port} exited at start ({status}); port taken?");
+        }
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    if let Ok(Some(status)) = child.0.try_wait() {
+        panic!("{what} on port {port} exited at start ({status}); port taken?");
+    }
+}
+
+/// Sets its flag when dropped: load threads that loop until the flag is set
+/// stop even when the test panics before setting it, instead of spinning
+/// for the rest of the test binary.
+pub struct StopOnDrop(pub std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
@@ -486,6 +513,10 @@ pub fn read_message(s: &mut TcpStream, seen: &mut Vec<u8>) -> Option<(String, us
     loop {
         if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+            assert!(
+                !head.to_ascii_lowercase().contains("\r\ntransfer-encoding:"),
+                "read_message reads Content-Length bodies only: {head}"
+            );
             let length: usize = head
                 .lines()
                 .find_map(|l| {
@@ -541,8 +572,22 @@ pub struct Redis {
 }
 
 impl Redis {
+    /// On a free port. Started means our child is running and the server on
+    /// the port reports its pid, so two tests never share one Redis. A port
+    /// taken between `free_port` and the bind makes the server exit: then
+    /// another port is tried.
     pub fn start() -> Redis {
-        let port = free_port();
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start(free_port()) {
+                Ok(r) => return r,
+                Err(e) => last = e,
+            }
+        }
+        panic!("{last}");
+    }
+
+    fn try_start(port: u16) -> Result<Redis, String> {
         let dir = tempfile::tempdir().unwrap();
         let child = Command::new("redis-server")
             .args([
@@ -561,14 +606,56 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed (make test installs it)");
-        let r = Redis {
+        let mut r = Redis {
             port,
             _proc: Proc(child),
             _dir: dir,
         };
-        wait_until("redis-server", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        r
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = r._proc.0.try_wait() {
+                return Err(format!(
+                    "redis-server on port {port} exited at start ({status}); port taken?"
+                ));
+            }
+            match redis_pid(port) {
+                Some(pid) if pid == r._proc.0.id() => return Ok(r),
+                Some(pid) => {
+                    return Err(format!(
+                        "port {port} is served by another redis-server (pid {pid})"
+                    ))
+                }
+                None => {}
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The `process_id` the Redis on `port` reports, once one answers.
+fn redis_pid(port: u16) -> Option<u32> {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    conn.write_all(b"INFO server\r\n").ok()?;
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&reply);
+        // While loading, the answer is an error.
+        if text.starts_with('-') {
+            return None;
+        }
+        if let Some((pid, _)) = text
+            .split("process_id:")
+            .nth(1)
+            .and_then(|rest| rest.split_once("\r\n"))
+        {
+            return pid.trim().parse().ok();
+        }
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => reply.extend_from_slice(&chunk[..n]),
+        }
     }
 }
