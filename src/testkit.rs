@@ -1,5 +1,6 @@
-//! Helpers shared by unit tests: a real `redis-server` on a free loopback
-//! port. (Integration tests have their own in `tests/common`.)
+//! Helpers shared by unit tests and, through `#[path]` in `tests/common`,
+//! by integration tests: a real `redis-server` on a free loopback port, and
+//! free ports. Only `std`, so both crates can compile it.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};

@@ -10,6 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+// The unit tests' helpers, shared: a free port never handed out twice in
+// this process, and a real `redis-server` that counts as started only when
+// it reports our child's pid (retrying another port when its own is taken).
+#[path = "../../src/testkit.rs"]
+mod testkit;
+#[allow(unused_imports)] // not every test binary uses both
+pub use testkit::{free_port, RedisServer as Redis};
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_modelgate");
 
 /// A child process killed on drop.
@@ -19,24 +27,6 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// A port free on loopback now, never one this test process was given
-/// before: the kernel may hand out a just-released port again, and two
-/// listeners of one config on the same port are a config error.
-pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if GIVEN.lock().unwrap().insert(port) {
-            return port;
-        }
     }
 }
 
@@ -562,100 +552,4 @@ pub fn openai_chat_events(pieces: &[&str]) -> Vec<String> {
     events.push(chunk(serde_json::json!({}), serde_json::json!("stop")));
     events.push("data: [DONE]\n\n".into());
     events
-}
-
-/// A real `redis-server` on a free loopback port, stopped on drop.
-pub struct Redis {
-    pub port: u16,
-    _proc: Proc,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    /// On a free port. Started means our child is running and the server on
-    /// the port reports its pid, so two tests never share one Redis. A port
-    /// taken between `free_port` and the bind makes the server exit: then
-    /// another port is tried.
-    pub fn start() -> Redis {
-        let mut last = String::new();
-        for _ in 0..3 {
-            match Self::try_start(free_port()) {
-                Ok(r) => return r,
-                Err(e) => last = e,
-            }
-        }
-        panic!("{last}");
-    }
-
-    fn try_start(port: u16) -> Result<Redis, String> {
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (make test installs it)");
-        let mut r = Redis {
-            port,
-            _proc: Proc(child),
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(status)) = r._proc.0.try_wait() {
-                return Err(format!(
-                    "redis-server on port {port} exited at start ({status}); port taken?"
-                ));
-            }
-            match redis_pid(port) {
-                Some(pid) if pid == r._proc.0.id() => return Ok(r),
-                Some(pid) => {
-                    return Err(format!(
-                        "port {port} is served by another redis-server (pid {pid})"
-                    ))
-                }
-                None => {}
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-/// The `process_id` the Redis on `port` reports, once one answers.
-fn redis_pid(port: u16) -> Option<u32> {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    conn.write_all(b"INFO server\r\n").ok()?;
-    let mut reply = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let text = String::from_utf8_lossy(&reply);
-        // While loading, the answer is an error.
-        if text.starts_with('-') {
-            return None;
-        }
-        if let Some((pid, _)) = text
-            .split("process_id:")
-            .nth(1)
-            .and_then(|rest| rest.split_once("\r\n"))
-        {
-            return pid.trim().parse().ok();
-        }
-        match conn.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => reply.extend_from_slice(&chunk[..n]),
-        }
-    }
 }
