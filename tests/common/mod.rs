@@ -365,34 +365,6 @@ pub fn raw_exchange(
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Reads a streamed response to its end: (body, when `marker` first
-/// appeared, total), both timed from `start`. Checks it is a 200 without
-/// `Content-Length` (a stream).
-pub fn read_timed(
-    mut resp: reqwest::blocking::Response,
-    start: Instant,
-    marker: &str,
-) -> (String, Duration, Duration) {
-    assert_eq!(resp.status(), 200);
-    assert!(resp.headers().get("content-length").is_none());
-    let mut buf = [0u8; 4096];
-    let mut bytes = Vec::new();
-    let mut seen_at = None;
-    loop {
-        let n = resp.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        bytes.extend_from_slice(&buf[..n]);
-        if seen_at.is_none() && String::from_utf8_lossy(&bytes).contains(marker) {
-            seen_at = Some(start.elapsed());
-        }
-    }
-    let total = start.elapsed();
-    let at = seen_at.unwrap_or_else(|| panic!("`{marker}` never arrived"));
-    (String::from_utf8(bytes).unwrap(), at, total)
-}
-
 /// How long a [`HeldStream`] model holds the rest of an answer back, waiting
 /// for the test to release it; then it gives up and cuts the answer off.
 pub const HOLD: Duration = Duration::from_secs(10);
