@@ -466,8 +466,6 @@ struct Inner {
     cfg: StoreConfig,
     hub: Arc<Hub>,
     backend: Backend,
-    /// Redis mode: how often waiters re-read their record.
-    recheck: Duration,
 }
 
 enum Backend {
@@ -494,7 +492,6 @@ impl ApprovalStore {
                 cfg,
                 hub: Arc::new(Hub::new()),
                 backend: Backend::Memory(Mutex::new(Memory::default())),
-                recheck: RECHECK,
             }),
         }
     }
@@ -515,7 +512,6 @@ impl ApprovalStore {
                 cfg,
                 hub,
                 backend: Backend::Redis(Box::new(backend)),
-                recheck: redis.recheck,
             }),
         })
     }
@@ -720,9 +716,9 @@ impl ApprovalStore {
     /// are retried until the deadline; an error is returned only if the
     /// record could never be read, or if it no longer exists.
     pub async fn wait(&self, id: &str, deadline: Instant) -> Result<Approval, StoreError> {
-        let recheck = match self.inner.backend {
+        let recheck = match &self.inner.backend {
             Backend::Memory(_) => None,
-            Backend::Redis(_) => Some(self.inner.recheck),
+            Backend::Redis(r) => Some(r.recheck),
         };
         let waiter = self.inner.hub.register(id);
         let mut last: Option<Approval> = None;
@@ -1182,6 +1178,8 @@ impl Scripts {
 struct RedisBackend {
     conn: ConnectionManager,
     timeout: Duration,
+    /// How often waiters re-read their record.
+    recheck: Duration,
     prefix: String,
     channel: String,
     all_key: String,
@@ -1308,6 +1306,7 @@ impl RedisBackend {
         Ok(RedisBackend {
             conn,
             timeout: cfg.timeout,
+            recheck: cfg.recheck,
             channel,
             all_key: format!("{prefix}approvals"),
             pending_key: format!("{prefix}approvals:pending"),
