@@ -88,12 +88,29 @@ impl UpstreamCredential {
 
     /// Strips the client's credentials from `req` and adds the pool's.
     pub fn apply(&self, req: &mut RequestHeader) {
-        for h in &CLIENT_CREDENTIAL_HEADERS {
-            req.remove_header(h);
-        }
+        strip_headers(req, &CLIENT_CREDENTIAL_HEADERS);
         if let Some(v) = &self.value {
             // insert_header only fails on invalid names/values; both are pre-validated.
             let _ = req.insert_header(self.header.clone(), v.clone());
+        }
+    }
+}
+
+/// Removes every header named in `names` from `req`. One walk over the
+/// request's few headers finds the names present, and only those are
+/// removed: a removal looks its name up in the header map's hash table,
+/// present or not, and most requests carry none of the names stripped.
+pub fn strip_headers(req: &mut RequestHeader, names: &[HeaderName]) {
+    let mut present = 0u64;
+    debug_assert!(names.len() <= 64);
+    for name in req.headers.keys() {
+        if let Some(i) = names.iter().position(|n| n == name) {
+            present |= 1 << i;
+        }
+    }
+    for (i, name) in names.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            req.remove_header(name);
         }
     }
 }
@@ -105,6 +122,43 @@ mod tests {
 
     fn upstream(yaml: &str) -> UpstreamConfig {
         serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn strip_headers_removes_every_value_of_the_names_present_only() {
+        let mut req = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
+        req.append_header("Connection", "keep-alive").unwrap();
+        req.append_header("connection", "upgrade").unwrap();
+        req.append_header("X-Api-Key", "k").unwrap();
+        req.append_header("content-type", "application/json")
+            .unwrap();
+        req.append_header("accept", "*/*").unwrap();
+        let names = [
+            http::header::CONNECTION,
+            http::header::TRANSFER_ENCODING,
+            HeaderName::from_static("x-api-key"),
+        ];
+        strip_headers(&mut req, &names);
+        // (A removal reorders the map's entries; the order of the rest is not the point.)
+        let mut left: Vec<_> = req
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [("accept", "*/*"), ("content-type", "application/json")]
+        );
+        let mut wire = Vec::new();
+        req.header_to_h1_wire(&mut wire);
+        let wire = String::from_utf8(wire).unwrap().to_ascii_lowercase();
+        assert!(
+            !wire.contains("connection") && !wire.contains("x-api-key"),
+            "{wire}"
+        );
+        strip_headers(&mut req, &names);
+        assert_eq!(req.headers.len(), 2);
     }
 
     #[test]

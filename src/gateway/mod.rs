@@ -65,9 +65,13 @@ pub struct Gateway {
 // Header names removed by name, parsed once rather than on every call (the
 // profile showed the parse of string names). Inserts keep `&'static str`
 // names: Pingora parses those once either way, and copies a `HeaderName`'s.
-static KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
-static APPROVAL_HEADER: http::HeaderName =
-    http::HeaderName::from_static(crate::approval::APPROVAL_HEADER);
+/// Client request headers never sent upstream (see `upstream_request_filter`).
+static STRIPPED_UPSTREAM: [http::HeaderName; 4] = [
+    http::header::CONNECTION,
+    http::HeaderName::from_static("keep-alive"),
+    http::header::TRANSFER_ENCODING,
+    http::HeaderName::from_static(crate::approval::APPROVAL_HEADER),
+];
 
 /// Set once this process is handing its sockets over (graceful upgrade) or
 /// shutting down: responses then close their connections.
@@ -615,17 +619,14 @@ impl ProxyHttp for Gateway {
         if let Some(host) = &pool.host_header {
             req.insert_header(http::header::HOST, host.as_str())?;
         }
-        // Hop-by-hop: the upstream connection is ours to keep alive.
-        req.remove_header(&http::header::CONNECTION);
-        req.remove_header(&KEEP_ALIVE);
-        // The body was read whole; it goes up with an exact length.
-        req.remove_header(&http::header::TRANSFER_ENCODING);
+        // Hop-by-hop (the upstream connection is ours to keep alive), the
+        // framing (the body was read whole; it goes up with an exact length),
+        // and the gateway's business, not the model's.
+        crate::credentials::strip_headers(req, &STRIPPED_UPSTREAM);
         if ctx.has_body {
             req.insert_header(http::header::CONTENT_LENGTH, ctx.body.len())?;
         }
         req.insert_header("x-request-id", ctx.request_id.as_str())?;
-        // The gateway's business, not the model's.
-        req.remove_header(&APPROVAL_HEADER);
         Ok(())
     }
 
