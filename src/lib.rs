@@ -13,6 +13,7 @@ pub mod drift;
 pub mod errors;
 pub mod gateway;
 pub mod identity;
+pub mod json;
 pub mod mask;
 pub mod metrics;
 pub mod policy;

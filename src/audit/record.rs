@@ -6,11 +6,11 @@
 use super::reassemble::{reassemble, Reassembled};
 use crate::config::BodyMode;
 use crate::identity::Client;
+use crate::json::{self, Object};
 use crate::mask::stream::MaskRules;
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -195,119 +195,66 @@ pub struct Encoder {
 /// cut is masked whole before it is cut (longer than any built-in entity).
 const MASK_MARGIN: usize = 16 * 1024;
 
-#[derive(Serialize)]
-struct ClientJson<'a> {
-    name: &'a str,
-    groups: &'a [String],
-    via: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cert: Option<&'a crate::identity::cert::PeerIdentity>,
-}
-
-#[derive(Serialize)]
-struct Common<'a> {
-    id: &'a str,
-    ts: String,
-    client: Option<ClientJson<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tls: Option<&'a crate::tls::listener::TlsInfo>,
-    method: &'a str,
-    path: &'a str,
-    route: Option<&'a str>,
-    pool: Option<&'a str>,
-    model: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct RequestJson<'a> {
+/// The stored request body: as JSON when it is JSON, else a string.
+struct StoredRequest<'a> {
     bytes: u64,
-    stored: &'static str,
     truncated: bool,
-    /// The body itself when it is JSON (and whole), else a string.
-    #[serde(skip_serializing_if = "Option::is_none")]
     body: Option<&'a RawValue>,
 }
 
-#[derive(Serialize)]
-struct ResponseJson<'a> {
-    bytes: u64,
-    content_type: &'a str,
-    stored: &'static str,
+/// The stored answer (`bodies: none`: none of the text fields).
+struct StoredResponse {
     truncated: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
     text: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     reasoning: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     refusal: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     tool_calls: Vec<super::reassemble::ToolCall>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     more_choices: Vec<String>,
-}
-
-#[derive(Serialize)]
-struct BeginJson<'a> {
-    request: RequestJson<'a>,
-}
-
-#[derive(Serialize)]
-struct EndJson<'a> {
-    host: Option<&'a str>,
-    status: u16,
-    decision: &'a Decision,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<&'a ErrorInfo>,
-    ttfb_ms: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ttft_ms: Option<f64>,
-    duration_ms: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    usage: Option<&'a super::reassemble::Usage>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    finish_reason: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    upstream_model: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    system_fingerprint: Option<&'a str>,
-    masked: MaskedJson<'a>,
-    request: RequestJson<'a>,
-    response: ResponseJson<'a>,
-}
-
-#[derive(Serialize)]
-struct MaskedJson<'a> {
-    request: BTreeMap<&'a str, u32>,
-    response: BTreeMap<&'a str, u32>,
 }
 
 impl Encoder {
     /// Writes a call record: `{"kind":<kind>,` the call's common fields,
-    /// then `rest`'s fields (`rest` serialises as a non-empty object).
-    fn record(&self, kind: &'static str, c: &Call, rest: &impl Serialize, out: &mut Vec<u8>) {
+    /// then the fields `rest` writes (at least one).
+    ///
+    /// Records are written by hand (keys as literals, strings through
+    /// [`json::write_str`]), not by serde_json: its writer escaped every
+    /// key byte by byte and was the writer thread's largest cost after the
+    /// hash chain in the full JSON profile. `testdata/call_records.jsonl`
+    /// pins the bytes serde_json wrote.
+    fn record(
+        &self,
+        kind: &'static str,
+        c: &Call,
+        out: &mut Vec<u8>,
+        rest: impl FnOnce(&mut Object),
+    ) {
         let common = c.stored_common.get_or_init(|| {
-            let common = Common {
-                id: &c.id,
-                ts: humantime::format_rfc3339_millis(c.started).to_string(),
-                client: c.client.as_deref().map(client_json),
-                tls: c.tls.as_deref(),
-                method: &c.method,
-                path: &c.path,
-                route: c.route.as_deref(),
-                pool: c.pool.as_deref(),
-                model: c.model.as_deref(),
-            };
-            let json = serde_json::to_vec(&common).expect("records serialise");
-            json[1..json.len() - 1].into()
+            let mut buf = Vec::with_capacity(256);
+            let mut o = Object::start(&mut buf);
+            o.str("id", &c.id);
+            o.str(
+                "ts",
+                &humantime::format_rfc3339_millis(c.started).to_string(),
+            );
+            write_client(o.key("client"), c.client.as_deref());
+            if let Some(tls) = c.tls.as_deref() {
+                o.serde("tls", tls);
+            }
+            o.str("method", &c.method);
+            o.str("path", &c.path);
+            o.opt_str("route", c.route.as_deref());
+            o.opt_str("pool", c.pool.as_deref());
+            o.opt_str("model", c.model.as_deref());
+            o.end();
+            buf[1..buf.len() - 1].into()
         });
         out.extend_from_slice(b"{\"kind\":\"");
         out.extend_from_slice(kind.as_bytes());
         out.extend_from_slice(b"\",");
         out.extend_from_slice(common);
-        let at = out.len();
-        serde_json::to_writer(&mut *out, rest).expect("records serialise");
-        debug_assert!(out.len() > at + 2 && out[at] == b'{');
-        out[at] = b',';
+        let mut o = Object::resume(out);
+        rest(&mut o);
+        o.end();
     }
 
     /// The JSON object of a queued record; for a call's final record, also
@@ -330,7 +277,7 @@ impl Encoder {
             event: &'static str,
             id: &'a str,
             ts: String,
-            actor: Option<ClientJson<'a>>,
+            actor: Box<RawValue>,
             #[serde(skip_serializing_if = "Option::is_none")]
             call_id: Option<&'a str>,
             #[serde(skip_serializing_if = "Option::is_none")]
@@ -348,12 +295,15 @@ impl Encoder {
         } else {
             &s.approval
         };
+        let mut actor = Vec::new();
+        write_client(&mut actor, s.actor.as_deref());
+        let actor = String::from_utf8(actor).expect("JSON is UTF-8");
         let rec = StepJson {
             kind: "approval",
             event: s.event,
             id: &s.approval.id,
             ts: humantime::format_rfc3339_millis(s.at).to_string(),
-            actor: s.actor.as_deref().map(client_json),
+            actor: RawValue::from_string(actor).expect("a client is JSON"),
             call_id: s.call_id.as_deref(),
             note: s.note.as_deref(),
             approval,
@@ -362,10 +312,10 @@ impl Encoder {
     }
 
     pub fn begin(&self, call: &Call, out: &mut Vec<u8>) {
-        let rec = BeginJson {
-            request: self.request(call),
-        };
-        self.record("begin", call, &rec, out);
+        let request = self.request(call);
+        self.record("begin", call, out, |o| {
+            self.write_request(o.key("request"), &request)
+        });
     }
 
     /// Also returns the answer as reassembled (for drift statistics).
@@ -376,26 +326,61 @@ impl Encoder {
         } else {
             reassemble(&o.content_type, &o.response.head, &o.response.tail)
         };
-        let rec = EndJson {
-            host: o.host.as_deref(),
-            status: o.status,
-            decision: &o.decision,
-            error: o.error.as_ref(),
-            ttfb_ms: o.ttfb.map(millis),
-            ttft_ms: o.ttft.map(millis),
-            duration_ms: millis(o.duration),
-            usage: r.usage.as_ref(),
-            finish_reason: r.finish_reason.as_deref(),
-            upstream_model: r.model.as_deref(),
-            system_fingerprint: r.system_fingerprint.as_deref(),
-            masked: MaskedJson {
-                request: counts(&o.request_masks),
-                response: counts(&o.response_masks),
-            },
-            request: self.request(call),
-            response: self.response(o, &r),
-        };
-        self.record("call", call, &rec, out);
+        let request = self.request(call);
+        let response = self.response(o, &r);
+        self.record("call", call, out, |rec| {
+            rec.opt_str("host", o.host.as_deref());
+            rec.uint("status", u64::from(o.status));
+            rec.serde("decision", &o.decision);
+            if let Some(error) = &o.error {
+                rec.serde("error", error);
+            }
+            rec.serde("ttfb_ms", &o.ttfb.map(millis));
+            if let Some(ttft) = o.ttft {
+                rec.serde("ttft_ms", &millis(ttft));
+            }
+            rec.serde("duration_ms", &millis(o.duration));
+            if let Some(usage) = &r.usage {
+                rec.serde("usage", usage);
+            }
+            let meta = [
+                ("finish_reason", &r.finish_reason),
+                ("upstream_model", &r.model),
+                ("system_fingerprint", &r.system_fingerprint),
+            ];
+            for (key, value) in meta {
+                if let Some(v) = value {
+                    rec.str(key, v);
+                }
+            }
+            let mut masked = Object::start(rec.key("masked"));
+            write_counts(masked.key("request"), &o.request_masks);
+            write_counts(masked.key("response"), &o.response_masks);
+            masked.end();
+            self.write_request(rec.key("request"), &request);
+            let mut resp = Object::start(rec.key("response"));
+            resp.uint("bytes", o.response.total());
+            resp.str("content_type", &o.content_type);
+            resp.str("stored", self.stored());
+            resp.bool("truncated", response.truncated);
+            let texts = [
+                ("text", &response.text),
+                ("reasoning", &response.reasoning),
+                ("refusal", &response.refusal),
+            ];
+            for (key, value) in texts {
+                if let Some(v) = value {
+                    resp.str(key, v);
+                }
+            }
+            if !response.tool_calls.is_empty() {
+                resp.serde("tool_calls", &response.tool_calls);
+            }
+            if !response.more_choices.is_empty() {
+                resp.serde("more_choices", &response.more_choices);
+            }
+            resp.end();
+        });
         r
     }
 
@@ -407,7 +392,18 @@ impl Encoder {
         }
     }
 
-    fn request<'a>(&self, call: &'a Call) -> RequestJson<'a> {
+    fn write_request(&self, out: &mut Vec<u8>, r: &StoredRequest) {
+        let mut o = Object::start(out);
+        o.uint("bytes", r.bytes);
+        o.str("stored", self.stored());
+        o.bool("truncated", r.truncated);
+        if let Some(body) = r.body {
+            o.key("body").extend_from_slice(body.get().as_bytes());
+        }
+        o.end();
+    }
+
+    fn request<'a>(&self, call: &'a Call) -> StoredRequest<'a> {
         let raw = &call.request_body;
         let (body, truncated) = call.stored_request.get_or_init(|| match self.bodies {
             BodyMode::None => (None, false),
@@ -427,22 +423,23 @@ impl Encoder {
                         .and_then(|v| serde_json::value::to_raw_value(&v).ok())
                         .expect("valid JSON re-encodes"),
                     Err(_) => {
-                        let quoted = serde_json::to_string(&t).expect("a string serialises");
+                        let mut quoted = Vec::with_capacity(t.len() + 2);
+                        json::write_str(&mut quoted, &t);
+                        let quoted = String::from_utf8(quoted).expect("JSON is UTF-8");
                         RawValue::from_string(quoted).expect("a JSON string is JSON")
                     }
                 };
                 (Some(json), cut)
             }
         });
-        RequestJson {
+        StoredRequest {
             bytes: raw.len() as u64,
-            stored: self.stored(),
             truncated: *truncated,
             body: body.as_deref(),
         }
     }
 
-    fn response<'a>(&self, o: &'a Outcome, r: &Reassembled) -> ResponseJson<'a> {
+    fn response(&self, o: &Outcome, r: &Reassembled) -> StoredResponse {
         let mask = !o.response_fully_masked;
         let mut truncated = o.response.overflowed();
         let mut field = |s: &str| -> Option<String> {
@@ -468,10 +465,7 @@ impl Encoder {
                 })
                 .collect()
         };
-        ResponseJson {
-            bytes: o.response.total(),
-            content_type: &o.content_type,
-            stored: self.stored(),
+        StoredResponse {
             truncated,
             text,
             reasoning,
@@ -500,13 +494,28 @@ impl Encoder {
     }
 }
 
-fn client_json(cl: &Client) -> ClientJson<'_> {
-    ClientJson {
-        name: &cl.name,
-        groups: &cl.groups,
-        via: cl.via.as_str(),
-        cert: cl.cert.as_deref(),
+/// `{"name":…,"groups":[…],"via":…,"cert":…}`, or `null`.
+fn write_client(out: &mut Vec<u8>, client: Option<&Client>) {
+    let Some(cl) = client else {
+        out.extend_from_slice(b"null");
+        return;
+    };
+    let mut o = Object::start(out);
+    o.str("name", &cl.name);
+    let groups = o.key("groups");
+    groups.push(b'[');
+    for (i, g) in cl.groups.iter().enumerate() {
+        if i > 0 {
+            groups.push(b',');
+        }
+        json::write_str(groups, g);
     }
+    groups.push(b']');
+    o.str("via", cl.via.as_str());
+    if let Some(cert) = cl.cert.as_deref() {
+        o.serde("cert", cert);
+    }
+    o.end();
 }
 
 /// The time now, as records write it (`ts`).
@@ -525,18 +534,25 @@ fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-fn counts(m: &Masks) -> BTreeMap<&str, u32> {
-    let Some(rules) = &m.rules else {
-        return BTreeMap::new();
+/// `{"EMAIL":2,…}`: the entities masked at least once, in name order.
+fn write_counts(out: &mut Vec<u8>, m: &Masks) {
+    let mut counts: Vec<(&str, u32)> = match &m.rules {
+        Some(rules) => rules
+            .detector
+            .names()
+            .iter()
+            .zip(&m.counts)
+            .filter(|(_, n)| **n > 0)
+            .map(|(name, n)| (name.as_str(), *n))
+            .collect(),
+        None => Vec::new(),
     };
-    rules
-        .detector
-        .names()
-        .iter()
-        .zip(&m.counts)
-        .filter(|(_, n)| **n > 0)
-        .map(|(name, n)| (name.as_str(), *n))
-        .collect()
+    counts.sort_unstable();
+    let mut o = Object::start(out);
+    for (name, n) in counts {
+        o.uint(name, u64::from(n));
+    }
+    o.end();
 }
 
 #[cfg(test)]
@@ -598,6 +614,135 @@ mod tests {
             String::from_utf8(out).unwrap(),
             format!(r#"{{"kind":"begin",{common},{request}}}"#)
         );
+    }
+
+    /// A call record with every optional field the encoder writes, as
+    /// bytes: the hand-written encoder must write what serde_json wrote.
+    fn full_call_record(bodies: BodyMode, fully_masked: bool) -> String {
+        let enc = encoder(bodies, 1000);
+        let cert = crate::identity::cert::PeerIdentity {
+            cn: Some("svc \"a\"".into()),
+            dns: vec!["svc.internal".into()],
+            serial: "0a".into(),
+            sha256: "ff".into(),
+            ..Default::default()
+        };
+        let client = Client {
+            name: "ops\tteam".into(),
+            groups: vec!["admins".into(), "gr\u{e9}upe".into()],
+            via: crate::identity::Via::ClientCert,
+            label: "ops".into(),
+            cert: Some(Arc::new(cert)),
+        };
+        let tls = crate::tls::listener::TlsInfo {
+            listener: "https".into(),
+            version: "TLSv1.3",
+            cipher: "TLS_AES_128_GCM_SHA256",
+            sni: Some("gw.example".into()),
+        };
+        let call = Call {
+            client: Some(Arc::new(client)),
+            tls: Some(Arc::new(tls)),
+            route: Some("chat".into()),
+            pool: Some("gpu".into()),
+            model: Some("llama-3".into()),
+            started: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            ..test_call(
+                "r9",
+                "/v1/chat/completions?x=\"1\"",
+                r#"{"prompt":"mail bob@corp.com"}"#,
+            )
+        };
+        let body = r#"{"id":"c","model":"llama-3-up","system_fingerprint":"fp_1","choices":[{"index":0,"message":{"role":"assistant","content":"Hi \"there\"\n\u0001 mail bob@corp.com","refusal":"no","tool_calls":[{"id":"t","type":"function","function":{"name":"lookup","arguments":"{\"who\":\"bob@corp.com\"}"}}]},"finish_reason":"tool_calls"},{"index":1,"message":{"role":"assistant","content":"second\tone"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#;
+        let mut response = Capture::new(4096);
+        response.push(body.as_bytes());
+        let n = enc.rules.entity_count();
+        let mut request_counts = vec![0; n];
+        request_counts[0] = 1;
+        let mut response_counts = vec![0; n];
+        response_counts[n - 1] = 2;
+        response_counts[1] = 1;
+        let outcome = Outcome {
+            host: Some("10.0.0.7:8000".into()),
+            status: 200,
+            content_type: "application/json; charset=utf-8".into(),
+            response,
+            ttfb: Some(Duration::from_micros(1_234_567)),
+            ttft: Some(Duration::from_nanos(1_500)),
+            duration: Duration::from_secs(2),
+            decision: Decision {
+                action: "allow",
+                reason: Some("rule `big` \"approved\"".into()),
+                approval: Some(ApprovalRef {
+                    id: "apr_1".into(),
+                    status: "used",
+                    decided_by: Some("alice".into()),
+                }),
+            },
+            error: Some(ErrorInfo {
+                kind: "upstream_error",
+                code: None,
+                message: "the model \"went\" away".into(),
+                detail: Some("10.0.0.7:8000 reset".into()),
+            }),
+            request_masks: Masks {
+                rules: Some(enc.rules.clone()),
+                counts: request_counts,
+            },
+            response_masks: Masks {
+                rules: Some(enc.rules.clone()),
+                counts: response_counts,
+            },
+            response_fully_masked: fully_masked,
+        };
+        let mut out = Vec::new();
+        enc.end(&call, &outcome, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    /// The bytes pinned in `testdata/call_records.jsonl` were written by
+    /// the serde_json encoder this one replaced.
+    #[test]
+    fn a_call_record_is_pinned_to_its_bytes() {
+        let mut got = Vec::new();
+        for (bodies, fully_masked) in [
+            (BodyMode::Masked, false),
+            (BodyMode::Masked, true),
+            (BodyMode::Raw, false),
+            (BodyMode::None, false),
+        ] {
+            got.push(full_call_record(bodies, fully_masked));
+        }
+        // The fewest fields: no client, route, host, timings, error or body.
+        let enc = encoder(BodyMode::Masked, 1000);
+        let call = test_call("r10", "/v1/models", "");
+        let outcome = Outcome {
+            host: None,
+            status: 503,
+            content_type: String::new(),
+            response: Capture::new(0),
+            ttfb: None,
+            ttft: None,
+            duration: Duration::from_micros(10),
+            decision: Decision {
+                action: "refused",
+                ..Default::default()
+            },
+            error: None,
+            request_masks: Masks::default(),
+            response_masks: Masks::default(),
+            response_fully_masked: false,
+        };
+        let mut out = Vec::new();
+        enc.end(&call, &outcome, &mut out);
+        got.push(String::from_utf8(out).unwrap());
+        let want: Vec<&str> = include_str!("testdata/call_records.jsonl")
+            .lines()
+            .collect();
+        assert_eq!(got.len(), want.len());
+        for (got, want) in got.iter().zip(want) {
+            assert_eq!(got, want);
+        }
     }
 
     #[test]
@@ -666,9 +811,26 @@ mod tests {
         );
         assert_eq!(v["approval"]["summary"], "mail [EMAIL]");
         assert_eq!(v["call_id"], "c1");
+        assert!(v["actor"].is_null());
         let v = encode(BodyMode::None);
         assert_eq!(v["approval"]["summary"], "");
         assert_eq!(v["approval"]["rule"], "big");
+
+        let step = ApprovalStep {
+            actor: Some(Arc::new(Client {
+                name: "alice".into(),
+                groups: vec!["approvers".into()],
+                via: crate::identity::Via::Jwt,
+                label: "jwt:approvers".into(),
+                cert: None,
+            })),
+            ..step
+        };
+        let mut out = Vec::new();
+        encoder(BodyMode::Masked, 1000).approval(&step, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        let actor = r#""actor":{"name":"alice","groups":["approvers"],"via":"jwt"},"call_id":"c1""#;
+        assert!(text.contains(actor), "{text}");
     }
 
     #[test]

@@ -480,7 +480,9 @@ fn insert(close: Close, body: Vec<u8>) -> Edit {
 }
 
 fn json_string(s: &str) -> Vec<u8> {
-    serde_json::to_vec(s).expect("a string serialises")
+    let mut out = Vec::new();
+    crate::json::write_str(&mut out, s);
+    out
 }
 
 /// `Some` when the raw value holds no string value at any depth (keys may
