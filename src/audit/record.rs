@@ -616,8 +616,9 @@ mod tests {
         );
     }
 
-    /// A call record with every optional field the encoder writes, as
-    /// bytes: the hand-written encoder must write what serde_json wrote.
+    /// The `begin` and `call` records of a call with every optional field
+    /// the encoder writes, as two lines: the hand-written encoder must
+    /// write what serde_json wrote.
     fn full_call_record(bodies: BodyMode, fully_masked: bool) -> String {
         let enc = encoder(bodies, 1000);
         let cert = crate::identity::cert::PeerIdentity {
@@ -653,15 +654,17 @@ mod tests {
                 r#"{"prompt":"mail bob@corp.com"}"#,
             )
         };
-        let body = r#"{"id":"c","model":"llama-3-up","system_fingerprint":"fp_1","choices":[{"index":0,"message":{"role":"assistant","content":"Hi \"there\"\n\u0001 mail bob@corp.com","refusal":"no","tool_calls":[{"id":"t","type":"function","function":{"name":"lookup","arguments":"{\"who\":\"bob@corp.com\"}"}}]},"finish_reason":"tool_calls"},{"index":1,"message":{"role":"assistant","content":"second\tone"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#;
+        let body = r#"{"id":"c","model":"llama-3-up","system_fingerprint":"fp_1","choices":[{"index":0,"message":{"role":"assistant","content":"Hi \"there\"\n\u0001 mail bob@corp.com","reasoning_content":"think of bob@corp.com","refusal":"no","tool_calls":[{"id":"t","type":"function","function":{"name":"lookup","arguments":"{\"who\":\"bob@corp.com\"}"}}]},"finish_reason":"tool_calls"},{"index":1,"message":{"role":"assistant","content":"second\tone"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#;
         let mut response = Capture::new(4096);
         response.push(body.as_bytes());
         let n = enc.rules.entity_count();
         let mut request_counts = vec![0; n];
         request_counts[0] = 1;
         let mut response_counts = vec![0; n];
+        // In name order CREDIT_CARD, EMAIL, SECRET; not in index order.
+        response_counts[0] = 1;
+        response_counts[2] = 3;
         response_counts[n - 1] = 2;
-        response_counts[1] = 1;
         let outcome = Outcome {
             host: Some("10.0.0.7:8000".into()),
             status: 200,
@@ -696,6 +699,8 @@ mod tests {
             response_fully_masked: fully_masked,
         };
         let mut out = Vec::new();
+        enc.begin(&call, &mut out);
+        out.push(b'\n');
         enc.end(&call, &outcome, &mut out);
         String::from_utf8(out).unwrap()
     }
@@ -711,7 +716,11 @@ mod tests {
             (BodyMode::Raw, false),
             (BodyMode::None, false),
         ] {
-            got.push(full_call_record(bodies, fully_masked));
+            got.extend(
+                full_call_record(bodies, fully_masked)
+                    .lines()
+                    .map(String::from),
+            );
         }
         // The fewest fields: no client, route, host, timings, error or body.
         let enc = encoder(BodyMode::Masked, 1000);
