@@ -110,6 +110,13 @@ impl<'a> Object<'a> {
         }
     }
 
+    /// Nothing for `None`: the key is left out.
+    pub fn some_str(&mut self, key: &str, value: Option<&str>) {
+        if let Some(v) = value {
+            self.str(key, v);
+        }
+    }
+
     pub fn uint(&mut self, key: &str, value: u64) {
         let mut digits = itoa::Buffer::new();
         let digits = digits.format(value);
@@ -175,11 +182,13 @@ mod tests {
         let mut o = Object::start(&mut out);
         o.str("a", "x\"y");
         o.opt_str("b", None);
+        o.some_str("skipped", None);
+        o.some_str("f", Some("g"));
         o.uint("c", 18_446_744_073_709_551_615);
         o.bool("d", false);
         o.serde("e", &[1.5, 0.001]);
         o.end();
-        let want = serde_json::json!({"a": "x\"y", "b": null, "c": u64::MAX, "d": false, "e": [1.5, 0.001]});
+        let want = serde_json::json!({"a": "x\"y", "b": null, "f": "g", "c": u64::MAX, "d": false, "e": [1.5, 0.001]});
         assert_eq!(out, serde_json::to_vec(&want).unwrap());
         let mut empty = Vec::new();
         Object::start(&mut empty).end();

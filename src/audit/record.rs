@@ -343,16 +343,9 @@ impl Encoder {
             if let Some(usage) = &r.usage {
                 rec.serde("usage", usage);
             }
-            let meta = [
-                ("finish_reason", &r.finish_reason),
-                ("upstream_model", &r.model),
-                ("system_fingerprint", &r.system_fingerprint),
-            ];
-            for (key, value) in meta {
-                if let Some(v) = value {
-                    rec.str(key, v);
-                }
-            }
+            rec.some_str("finish_reason", r.finish_reason.as_deref());
+            rec.some_str("upstream_model", r.model.as_deref());
+            rec.some_str("system_fingerprint", r.system_fingerprint.as_deref());
             let mut masked = Object::start(rec.key("masked"));
             write_counts(masked.key("request"), &o.request_masks);
             write_counts(masked.key("response"), &o.response_masks);
@@ -363,16 +356,9 @@ impl Encoder {
             resp.str("content_type", &o.content_type);
             resp.str("stored", self.stored());
             resp.bool("truncated", response.truncated);
-            let texts = [
-                ("text", &response.text),
-                ("reasoning", &response.reasoning),
-                ("refusal", &response.refusal),
-            ];
-            for (key, value) in texts {
-                if let Some(v) = value {
-                    resp.str(key, v);
-                }
-            }
+            resp.some_str("text", response.text.as_deref());
+            resp.some_str("reasoning", response.reasoning.as_deref());
+            resp.some_str("refusal", response.refusal.as_deref());
             if !response.tool_calls.is_empty() {
                 resp.serde("tool_calls", &response.tool_calls);
             }
