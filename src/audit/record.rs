@@ -11,6 +11,7 @@ use crate::mask::stream::MaskRules;
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
+use std::io::Write as _;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -232,10 +233,10 @@ impl Encoder {
             let mut buf = Vec::with_capacity(256);
             let mut o = Object::start(&mut buf);
             o.str("id", &c.id);
-            o.str(
-                "ts",
-                &humantime::format_rfc3339_millis(c.started).to_string(),
-            );
+            // Written in place: RFC 3339 needs no escaping.
+            let ts = o.key("ts");
+            write!(ts, "\"{}\"", humantime::format_rfc3339_millis(c.started))
+                .expect("writing to a Vec");
             write_client(o.key("client"), c.client.as_deref());
             if let Some(tls) = c.tls.as_deref() {
                 o.serde("tls", tls);
@@ -403,7 +404,7 @@ impl Encoder {
                 // Embedded as JSON when it is JSON: readable, and no escaping.
                 // A record is one line: pretty-printed JSON is re-encoded compactly.
                 let json = match serde_json::from_str::<Box<RawValue>>(&t) {
-                    Ok(raw) if !raw.get().contains(['\n', '\r']) => raw,
+                    Ok(raw) if memchr::memchr2(b'\n', b'\r', raw.get().as_bytes()).is_none() => raw,
                     Ok(raw) => serde_json::from_str::<serde_json::Value>(raw.get())
                         .ok()
                         .and_then(|v| serde_json::value::to_raw_value(&v).ok())
