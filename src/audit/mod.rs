@@ -39,8 +39,8 @@ pub struct Queue {
 
 /// The proxy's handle on the audit trail.
 pub struct Audit {
-    tx: mpsc::UnboundedSender<Entry>,
-    queue: Arc<Queue>,
+    /// Used by reference for the calls' records ([`Audit::send`]).
+    recorder: Recorder,
     capacity: usize,
     on_full: OnFull,
     block_timeout: Duration,
@@ -51,15 +51,13 @@ pub struct Audit {
     pub capture_limit: usize,
 }
 
-/// The right to queue one record, granted at admission.
-pub struct Slot(Recorder);
-
-impl Slot {
-    /// Queues the record; false if the writer is gone (the process is stopping).
-    pub fn send(self, entry: Entry) -> bool {
-        self.0.send(entry)
-    }
-}
+/// The right to queue one record, granted at admission ([`Audit::slot`])
+/// and used up by [`Audit::send`]. It holds no handle of its own: a sender
+/// and a queue reference cloned into each slot, two slots a call, were
+/// reference counts updated on the proxy's core and on the writer's, a
+/// cross-core cache miss at each clone and drop.
+#[must_use = "a slot is used up by Audit::send"]
+pub struct Slot(());
 
 /// Queues records that are not admitted calls (approval steps: rare, and
 /// each follows a call or an approver's action that already happened).
@@ -123,10 +121,12 @@ impl SinkHealth {
         self.failing_since.store(0, Ordering::Relaxed);
     }
 
-    fn failing_for(&self, now: u64) -> Option<u64> {
+    /// How long the sink has been failing; `now` (ms since [`epoch`]) is
+    /// asked for only when it is failing.
+    fn failing_for(&self, now: impl FnOnce() -> u64) -> Option<u64> {
         match self.failing_since.load(Ordering::Relaxed) {
             0 => None,
-            since => Some(now.saturating_sub(since)),
+            since => Some(now().saturating_sub(since)),
         }
     }
 }
@@ -172,8 +172,7 @@ impl Audit {
         )?;
         epoch();
         let audit = Audit {
-            tx,
-            queue,
+            recorder: Recorder { tx, queue },
             capacity: cfg.queue_capacity,
             on_full: cfg.on_full,
             block_timeout: cfg.block_timeout,
@@ -192,7 +191,7 @@ impl Audit {
             self.metrics.audit_refused.inc();
             return Err(Refusal::SinkFailing);
         }
-        if self.tx.is_closed() {
+        if self.recorder.tx.is_closed() {
             // The writer is gone (shutting down): nothing can be recorded.
             return self.full("writer_stopped");
         }
@@ -203,7 +202,7 @@ impl Audit {
             OnFull::Block => {
                 let deadline = tokio::time::Instant::now() + self.block_timeout;
                 loop {
-                    let space = self.queue.space.notified();
+                    let space = self.recorder.queue.space.notified();
                     if self.has_room() {
                         return Ok(Some(self.grant()));
                     }
@@ -217,19 +216,22 @@ impl Audit {
     }
 
     fn has_room(&self) -> bool {
-        self.queue.depth.load(Ordering::Relaxed) < self.capacity
+        self.recorder.queue.depth.load(Ordering::Relaxed) < self.capacity
     }
 
     fn grant(&self) -> Slot {
-        Slot(self.recorder())
+        Slot(())
+    }
+
+    /// Queues a call's record in the slot taken for it; false if the
+    /// writer is gone (the process is stopping).
+    pub fn send(&self, _slot: Slot, entry: Entry) -> bool {
+        self.recorder.send(entry)
     }
 
     /// A handle for records outside the call path (approval steps).
     pub fn recorder(&self) -> Recorder {
-        Recorder {
-            tx: self.tx.clone(),
-            queue: self.queue.clone(),
-        }
+        self.recorder.clone()
     }
 
     /// No room: refused (503), or under `drop` let through unrecorded.
@@ -252,10 +254,11 @@ impl Audit {
 
     /// A sink has been failing for longer than `fail_closed_after`.
     fn sink_failing(&self) -> bool {
-        let now = now_ms();
-        self.health
-            .iter()
-            .any(|h| h.failing_for(now).is_some_and(|d| d >= self.fail_after_ms))
+        // No clock read while every sink is healthy: this runs twice per call.
+        self.health.iter().any(|h| {
+            h.failing_for(now_ms)
+                .is_some_and(|d| d >= self.fail_after_ms)
+        })
     }
 }
 

@@ -559,7 +559,7 @@ impl ProxyHttp for Gateway {
         if let Some(audit) = &self.audit {
             let call = recording::call(ctx, session.req_header(), &self.route_labels);
             if let Some(slot) = begin_slot {
-                if !slot.send(Entry::Begin(call.clone())) && audit.refuses_unrecorded() {
+                if !audit.send(slot, Entry::Begin(call.clone())) && audit.refuses_unrecorded() {
                     let err = ClientError::audit_unavailable();
                     return self.reject(session, ctx, err).await;
                 }
@@ -858,14 +858,18 @@ impl ProxyHttp for Gateway {
             .observe(ctx.started.elapsed().as_secs_f64());
         self.record_mask_counts(ctx);
         self.charge_tokens(ctx, status);
-        if let Some(slot) = ctx.audit_slot.take() {
-            let call = match ctx.call.clone() {
+        if let (Some(audit), Some(slot)) = (&self.audit, ctx.audit_slot.take()) {
+            // Moved, not cloned: the writer has touched this count (it
+            // dropped the `begin` record's reference), so a clone here and a
+            // drop with the context were two cross-core cache misses, 0.14 µs
+            // per call in the full JSON profile.
+            let call = match ctx.call.take() {
                 Some(call) => call,
                 None => recording::call(ctx, session.req_header(), &self.route_labels),
             };
             let audit_rules = self.masks.audit_rules().entity_count();
             let outcome = recording::outcome(ctx, status, e, audit_rules);
-            if !slot.send(Entry::End(call, Box::new(outcome))) {
+            if !audit.send(slot, Entry::End(call, Box::new(outcome))) {
                 log::warn!(
                     "request {}: audit writer stopped; end record lost",
                     ctx.request_id
