@@ -90,6 +90,7 @@ fn evaluation(c: &mut Criterion) {
         path: "/v1/chat/completions",
         model: Some("llama-3-8b"),
         body: &body,
+        features: None,
     };
     let screen = Screen::builtin();
     let mut g = c.benchmark_group("policy");

@@ -33,6 +33,7 @@ impl Gateway {
                 path,
                 model: ctx.model.as_deref(),
                 body: &ctx.body,
+                features: ctx.features.as_ref(),
             };
             let eval = policy.evaluate(&view, self.screen.as_deref());
             if eval.unreadable {

@@ -27,6 +27,9 @@ pub struct RequestCtx {
     pub model: Option<String>,
     /// The request body as it will be forwarded (read whole in `request_filter`).
     pub body: Bytes,
+    /// The body's features, when they were read with its `model` (every
+    /// route's policy reads them).
+    pub features: Option<crate::policy::features::Features>,
     /// Whether the client request framed a body (Content-Length / chunked).
     pub has_body: bool,
     /// Hosts tried for this request, in order (failover never repeats one).
@@ -73,6 +76,7 @@ impl RequestCtx {
             route: None,
             model: None,
             body: Bytes::new(),
+            features: None,
             has_body: false,
             tried: Vec::new(),
             forwarded: None,

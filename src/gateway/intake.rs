@@ -175,12 +175,17 @@ pub fn probe_model(req: &RequestHeader, body: &[u8]) -> Result<Option<String>, C
     if body.is_empty() || !is_json(req, body) {
         return Ok(None);
     }
-    match serde_json::from_slice::<ModelProbe>(body) {
-        Ok(p) => Ok(p.model.map(Cow::into_owned)),
-        Err(e) => Err(ClientError::bad_request(format!(
+    model_of(body).map_err(|e| {
+        ClientError::bad_request(format!(
             "The request body is not valid JSON for this API: {e}."
-        ))),
-    }
+        ))
+    })
+}
+
+/// The `model` of a JSON body, whatever its `Content-Type`: the exact key's
+/// string (or `null`); the whole body must be valid JSON.
+pub fn model_of(body: &[u8]) -> Result<Option<String>, serde_json::Error> {
+    serde_json::from_slice::<ModelProbe>(body).map(|p| p.model.map(Cow::into_owned))
 }
 
 #[cfg(test)]

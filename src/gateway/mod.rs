@@ -21,6 +21,7 @@ use crate::identity::{AuthError, ClientRegistry};
 use crate::mask::codec::ResponseMasker;
 use crate::mask::{MaskEngine, PolicyMasking};
 use crate::metrics::Metrics;
+use crate::policy::features::Features;
 use crate::policy::limits::Limiter;
 use crate::policy::screen::Screen;
 use crate::policy::{KnownNames, Policy};
@@ -55,6 +56,8 @@ pub struct Gateway {
     unrouted_duration: Histogram,
     /// Each route's access rules, from its policy.
     route_policies: Vec<Arc<Policy>>,
+    /// Every route's policy reads request bodies.
+    policies_read_bodies: bool,
     /// The injection screen, when a rule uses it.
     screen: Option<Arc<Screen>>,
     limiter: Option<Arc<Limiter>>,
@@ -200,6 +203,7 @@ impl Gateway {
             route_labels,
             route_timers,
             unrouted_duration: metrics.duration.with_label_values(&["-"]),
+            policies_read_bodies: route_policies.iter().all(|p| p.reads_body()),
             route_policies,
             screen,
             limiter,
@@ -502,7 +506,23 @@ impl ProxyHttp for Gateway {
             Ok(body) => body,
             Err(err) => return self.reject(session, ctx, err).await,
         };
-        ctx.model = match intake::probe_model(session.req_header(), &ctx.body) {
+        // Where every route's policy reads the body, its features are read
+        // with the `model` in one pass (the probe then has nothing to add);
+        // elsewhere only the model is read, which costs less.
+        let with_features = self.policies_read_bodies
+            && !ctx.body.is_empty()
+            && intake::is_json(session.req_header(), &ctx.body);
+        let read = match with_features
+            .then(|| Features::with_model(&ctx.body))
+            .flatten()
+        {
+            Some((features, model)) => {
+                ctx.features = Some(features);
+                Ok(model)
+            }
+            None => intake::probe_model(session.req_header(), &ctx.body),
+        };
+        ctx.model = match read {
             Ok(model) => model,
             Err(err) => return self.reject(session, ctx, err).await,
         };

@@ -81,7 +81,19 @@ impl Features {
     /// anywhere (a `Value` replaces the object holding it with the JSON in
     /// its string, which the model server would not).
     pub fn of(body: &[u8]) -> Features {
-        read(body).unwrap_or_else(|| not_json(body))
+        read(body, false)
+            .map(|(f, _)| f)
+            .unwrap_or_else(|| not_json(body))
+    }
+
+    /// [`Features::of`] and the body's `model` in the same pass, for a
+    /// gateway that reads both (routing needs the model, the policy the
+    /// features): the `model` is read as the gateway's probe reads it, the
+    /// exact key's value, a string or `null`. `None` when the body is not
+    /// JSON to the rules, or its `model` is something else: the caller then
+    /// reads the two separately, and gets what it always got.
+    pub fn with_model(body: &[u8]) -> Option<(Features, Option<String>)> {
+        read(body, true).map(|(f, m)| (f, m.map(Cow::into_owned)))
     }
 
     /// The body as a [`Value`] read for these fields: how every body was
@@ -231,7 +243,11 @@ fn is_structural(key: &str) -> bool {
 /// Every value goes through `deserialize_any`, as a [`Value`]'s do, so the
 /// same bodies are invalid: bad UTF-8 and lone surrogates (even where no
 /// text is read: `IgnoredAny` would let them by), too deep, trailing data.
-fn read(body: &[u8]) -> Option<Features> {
+///
+/// With `model`, the top-level `model` (the exact key, not matched as Go
+/// matches names) is read as a string or `null` and returned; any other
+/// value fails the read.
+fn read(body: &[u8], model: bool) -> Option<(Features, Option<Cow<'_, str>>)> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let mut reader = Reader {
         // Never outgrown: the text is shorter than the strings' source.
@@ -240,16 +256,18 @@ fn read(body: &[u8]) -> Option<Features> {
         max_tokens: None,
         stream: false,
         tools: false,
+        model: model.then_some(None),
     };
     de.deserialize_any(Top(&mut reader)).ok()?;
     de.end().ok()?;
-    Some(Features {
+    let features = Features {
         json: true,
         stream: reader.stream,
         tools: reader.tools,
         max_tokens: reader.max_tokens,
         prompt: reader.prompt,
-    })
+    };
+    Some((features, reader.model.flatten()))
 }
 
 /// The state of one [`read`] pass.
@@ -261,6 +279,9 @@ struct Reader<'de> {
     max_tokens: Option<u64>,
     stream: bool,
     tools: bool,
+    /// `Some` when the top-level `model` is wanted; then `Some(Some(..))`
+    /// once a string `model` is read.
+    model: Option<Option<Cow<'de, str>>>,
 }
 
 impl<'de> Reader<'de> {
@@ -369,7 +390,10 @@ impl<'de> Visitor<'de> for Top<'_, 'de> {
             r.key(&mut seen, key)?;
             let key = r.keys.last().expect("just pushed");
             let is = |name: &str| key.eq_ignore_ascii_case(name);
-            if is("stream") {
+            if r.model.is_some() && *key == "model" {
+                // As the gateway's probe reads it (`intake::probe_model`).
+                r.model = Some(map.next_value::<Option<Cow<'de, str>>>()?);
+            } else if is("stream") {
                 r.stream |= map.next_value_seed(Lax)?.truthy;
             } else if is("max_tokens") || is("max_completion_tokens") || is("max_output_tokens") {
                 let n = map.next_value_seed(Lax)?.count;
@@ -636,7 +660,7 @@ mod tests {
             br#"{}"#,
         ] {
             let text = String::from_utf8_lossy(body);
-            let f = read(body).unwrap_or_else(|| panic!("declined {text}"));
+            let (f, _) = read(body, false).unwrap_or_else(|| panic!("declined {text}"));
             assert!(f.json);
             assert_eq!(f, Features::of_value(body), "{text}");
         }
@@ -802,6 +826,8 @@ mod tests {
             "messages",
             "text",
             "model",
+            "Model",
+            "mod\\u0065l",
             "\\u0072ole",
             "$serde_json::private::RawValue",
             "\u{17F}tream",
@@ -872,5 +898,45 @@ mod tests {
                 _ => proptest::prop_assert_eq!(f, not_json(&body)),
             }
         }
+
+        /// Read with the `model`, a body gives the features [`Features::of`]
+        /// gives and the model the gateway's probe reads; it is declined
+        /// only where the probe refuses the body or the rules do not read
+        /// it as JSON (the gateway then reads the two separately).
+        #[test]
+        fn the_model_read_in_the_one_pass_is_the_probes(text in json_text()) {
+            let body: Vec<u8> = text.replace("BAD", "\u{1}").into_bytes();
+            let body: Vec<u8> = body.into_iter().map(|b| if b == 1 { 0xff } else { b }).collect();
+            let probe = crate::gateway::intake::model_of(&body);
+            match Features::with_model(&body) {
+                Some((f, model)) => {
+                    proptest::prop_assert_eq!(f, Features::of(&body));
+                    proptest::prop_assert_eq!(Some(model), probe.ok());
+                }
+                None => proptest::prop_assert!(probe.is_err() || !Features::of(&body).json),
+            }
+        }
+    }
+
+    #[test]
+    fn the_model_is_read_with_the_features_as_the_probe_reads_it() {
+        let with = |b: &str| Features::with_model(b.as_bytes()).map(|(f, m)| (f.prompt, m));
+        let some = |p: &str, m: Option<&str>| Some((p.to_string(), m.map(str::to_string)));
+        assert_eq!(with(r#"{"model":"m","prompt":"p"}"#), some("p", Some("m")));
+        assert_eq!(
+            with(r#"{"mod\u0065l":"a\u00e9b"}"#),
+            some("", Some("a\u{e9}b"))
+        );
+        assert_eq!(with(r#"{"model":null,"prompt":"p"}"#), some("p", None));
+        assert_eq!(with(r#"{"prompt":"p"}"#), some("p", None));
+        // Only the exact key is the model; `Model` is a structural key to the rules.
+        assert_eq!(with(r#"{"Model":"x","prompt":"p"}"#), some("p", None));
+        // What the probe refuses, and what the rules do not read, is declined.
+        assert_eq!(with(r#"{"model":7}"#), None);
+        assert_eq!(with(r#"{"model":{"name":"x"}}"#), None);
+        assert_eq!(with(r#"{"model":"a","model":"b"}"#), None);
+        assert_eq!(with(r#"["x"]"#), None);
+        // `Features::of` is unchanged by a `model` the probe would refuse.
+        assert!(Features::of(br#"{"model":7,"prompt":"p"}"#).json);
     }
 }

@@ -158,6 +158,8 @@ pub struct CallView<'a> {
     pub model: Option<&'a str>,
     /// The request body as the client sent it.
     pub body: &'a [u8],
+    /// `Features::of(body)`, when the caller has read it already.
+    pub features: Option<&'a Features>,
 }
 
 /// What evaluation decided.
@@ -342,6 +344,12 @@ impl Policy {
         self.rules.len()
     }
 
+    /// Whether any rule reads the body (its features are then read for
+    /// every call with a body).
+    pub fn reads_body(&self) -> bool {
+        self.reads_body
+    }
+
     /// Whether any rule uses the injection screen.
     pub fn uses_screen(&self) -> bool {
         self.uses_screen
@@ -353,7 +361,10 @@ impl Policy {
     pub fn evaluate<'p>(&'p self, call: &CallView, screen: Option<&Screen>) -> Evaluation<'p> {
         let features: OnceCell<Features> = OnceCell::new();
         let verdict: OnceCell<screen::Verdict> = OnceCell::new();
-        let feats = || features.get_or_init(|| Features::of(call.body));
+        let feats = || match call.features {
+            Some(f) => f,
+            None => features.get_or_init(|| Features::of(call.body)),
+        };
         if self.reads_body && !call.body.is_empty() && !feats().json {
             return Evaluation {
                 rule: None,
@@ -454,6 +465,7 @@ mod tests {
             path: "/v1/chat/completions",
             model: Some("llama-3-8b"),
             body: body.as_bytes(),
+            features: None,
         }
     }
 
