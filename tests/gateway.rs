@@ -363,6 +363,40 @@ fn bad_input_gets_clear_errors_and_the_gateway_keeps_serving() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(started.elapsed() < Duration::from_secs(5));
 
+    // A body that trickles in, a byte every 200 ms: the timeout is for the
+    // whole body, not for each piece, so 408 comes after about 1 s, where
+    // the body would take 12 s.
+    let mut trickle = std::net::TcpStream::connect(&gw.addr).unwrap();
+    trickle
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ALICE_KEY}\r\nContent-Type: application/json\r\nContent-Length: 60\r\n\r\n"
+    );
+    std::io::Write::write_all(&mut trickle, head.as_bytes()).unwrap();
+    let started = Instant::now();
+    let mut writer = trickle.try_clone().unwrap();
+    let feeder = std::thread::spawn(move || {
+        for _ in 0..60 {
+            if std::io::Write::write_all(&mut writer, b" ").is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let mut answer = [0u8; 12];
+    trickle.read_exact(&mut answer).unwrap();
+    let took = started.elapsed();
+    assert_eq!(
+        &answer,
+        b"HTTP/1.1 408",
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(took < Duration::from_secs(4), "408 after {took:?}");
+    drop(trickle);
+    feeder.join().unwrap();
+
     // Garbage instead of HTTP.
     let answer = raw_exchange(
         &gw.addr,

@@ -312,6 +312,56 @@ fn each_rule_condition_and_action() {
     ));
 }
 
+/// A gateway whose every route's policy reads bodies reads a body's features
+/// and its `model` in one pass; one with a route whose policy does not reads
+/// them apart. The same calls get the same answers from both.
+#[test]
+fn bodies_are_judged_alike_whether_read_in_one_pass_or_two() {
+    let up = Upstream::start("u");
+    let strict = "    rules:\n      - name: no-falcon\n        when: {prompt_contains: falcon}\n        action: deny\n";
+    let config = |other_policy: &str| {
+        format!(
+            "upstreams:\n  vllm:\n    hosts: [\"{}\"]\n    health_check: {{interval: 1s}}\nroutes:\n  - {{path_prefix: \"/v1/chat/\", upstream: vllm, policy: strict}}\n  - {{path_prefix: \"/v1/\", upstream: vllm, policy: other}}\npolicies:\n  strict:\n{strict}  other:\n{other_policy}",
+            up.addr
+        )
+    };
+    // Every route reads bodies: one pass. The second route without rules: two.
+    let one_pass = Gateway::start(&config(strict), &[], true);
+    let two_passes = Gateway::start(&config("    mask: {response: none}\n"), &[], true);
+    let bodies: [&[u8]; 9] = [
+        br#"{"model":"llama-3-8b","messages":[{"role":"user","content":"hello"}]}"#,
+        br#"{"model":"llama-3-8b","messages":[{"role":"user","content":"the falcon"}]}"#,
+        br#"{"mod\u0065l":"llama-3-8b","messages":[{"role":"user","content":"fal\u0063on"}]}"#,
+        br#"{"Model":"x","messages":[{"role":"user","content":"hello"}]}"#,
+        br#"{"model":null,"prompt":"falcon"}"#,
+        br#"{"model":7,"prompt":"hello"}"#,
+        br#"{"model":"a","model":"b","prompt":"hello"}"#,
+        br#"{"model":"m","prompt":"hello","Prompt":"falcon"}"#,
+        br#"{"model":"m","prompt":"hello"} trailing"#,
+    ];
+    let answer = |gw: &Gateway, body: &[u8]| {
+        let resp = http()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(ALICE_KEY)
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+            .send()
+            .unwrap();
+        let (status, json) = status_and_json(resp);
+        (status, json["error"]["code"].clone())
+    };
+    let mut statuses = Vec::new();
+    for body in bodies {
+        let a = answer(&one_pass, body);
+        let b = answer(&two_passes, body);
+        assert_eq!(a, b, "{}", String::from_utf8_lossy(body));
+        statuses.push(a.0);
+    }
+    // Allowed, denied (also when the text is escaped), 400 for what the
+    // probe or the rules cannot read.
+    assert_eq!(statuses, [200, 403, 403, 200, 403, 400, 400, 400, 400]);
+}
+
 #[test]
 fn bad_rules_stop_the_gateway_at_load_naming_the_rule() {
     let up = Upstream::start("u");
