@@ -28,7 +28,8 @@ pub struct RequestCtx {
     /// The request body as it will be forwarded (read whole in `request_filter`).
     pub body: Bytes,
     /// The body's features, when they were read with its `model` (every
-    /// route's policy reads them).
+    /// route's policy reads them), for the policy. They are of the body as
+    /// the client sent it: request masking, later, does not update them.
     pub features: Option<crate::policy::features::Features>,
     /// Whether the client request framed a body (Content-Length / chunked).
     pub has_body: bool,
