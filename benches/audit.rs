@@ -95,13 +95,18 @@ fn sse_response(events: usize) -> Vec<u8> {
     out
 }
 
-fn encoding(c: &mut Criterion) {
+/// The encoder of a sink storing masked bodies, masking every built-in entity.
+fn encoder() -> Encoder {
     let detector = Arc::new(Detector::new(&BUILTIN, &[]).unwrap());
-    let encoder = Encoder {
+    Encoder {
         bodies: BodyMode::Masked,
         max_body: 65536,
         rules: Arc::new(MaskRules::uniform(detector, Style::Label, 16 * 1024)),
-    };
+    }
+}
+
+fn encoding(c: &mut Criterion) {
+    let encoder = encoder();
     let mut chain = Chain::new(ChainKey::new(None), 0, GENESIS);
     let mut g = c.benchmark_group("audit");
     for (name, ct, bytes) in [
@@ -150,5 +155,33 @@ fn encoding(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, encoding);
+/// Sealing one record of a JSON call (its `call` record, about 1 KiB) with
+/// each kind of chain key: plain SHA-256 and HMAC-SHA256 (`audit.hmac_key`).
+fn sealing(c: &mut Criterion) {
+    let encoder = encoder();
+    let mut record = Vec::new();
+    encoder.end(
+        &call(),
+        &outcome("application/json", &json_response()),
+        &mut record,
+    );
+    let mut g = c.benchmark_group("audit");
+    for (name, key) in [
+        ("sha256", None),
+        ("hmac_sha256", Some(&b"change-me-too"[..])),
+    ] {
+        let mut chain = Chain::new(ChainKey::new(key), 0, GENESIS);
+        let mut out = Vec::with_capacity(4096);
+        g.throughput(Throughput::Bytes(record.len() as u64));
+        g.bench_function(format!("seal_call_record/{name}"), |b| {
+            b.iter(|| {
+                out.clear();
+                black_box(chain.seal(&record, &mut out));
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, encoding, sealing);
 criterion_main!(benches);

@@ -25,13 +25,17 @@ const SUFFIX_LEN: usize = 9 + 64 + 2;
 #[derive(Clone)]
 pub enum ChainKey {
     Sha256,
-    Hmac(Vec<u8>),
+    /// HMAC-SHA256, keyed once: the state after the key's inner and outer
+    /// pads, cloned per record (keying it per record hashed two more blocks).
+    Hmac(Box<Hmac<Sha256>>),
 }
 
 impl ChainKey {
     pub fn new(hmac_key: Option<&[u8]>) -> Self {
         match hmac_key {
-            Some(k) => ChainKey::Hmac(k.to_vec()),
+            Some(k) => ChainKey::Hmac(Box::new(
+                Hmac::<Sha256>::new_from_slice(k).expect("HMAC accepts any key length"),
+            )),
             None => ChainKey::Sha256,
         }
     }
@@ -39,9 +43,8 @@ impl ChainKey {
     pub fn digest(&self, bytes: &[u8]) -> [u8; 32] {
         match self {
             ChainKey::Sha256 => Sha256::digest(bytes).into(),
-            ChainKey::Hmac(key) => {
-                let mut mac =
-                    Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
+            ChainKey::Hmac(keyed) => {
+                let mut mac = (**keyed).clone();
                 mac.update(bytes);
                 mac.finalize().into_bytes().into()
             }
@@ -184,6 +187,29 @@ mod tests {
         assert_ne!(ha, hb);
         let line = &b[..b.len() - 1];
         assert_eq!(key.digest(&hashed_part(line)), hb);
+    }
+
+    /// RFC 4231 test cases 1 and 2 (and SHA-256 of "abc", FIPS 180-2): the
+    /// keyed state is cloned per record, so a second digest must not see the
+    /// first one's bytes.
+    #[test]
+    fn digests_are_the_standard_ones() {
+        let hex = |d: [u8; 32]| hex::encode(d);
+        let jefe = ChainKey::new(Some(b"Jefe"));
+        for _ in 0..2 {
+            assert_eq!(
+                hex(jefe.digest(b"what do ya want for nothing?")),
+                "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+            );
+        }
+        assert_eq!(
+            hex(ChainKey::new(Some(&[0x0b; 20])).digest(b"Hi There")),
+            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
+        );
+        assert_eq!(
+            hex(ChainKey::Sha256.digest(b"abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]
