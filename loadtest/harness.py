@@ -7,6 +7,7 @@ import atexit
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -225,6 +226,52 @@ def wrk(port, seconds, connections, threads=1, path="/v1/chat/completions", stre
     (seconds): responses slower than this count as timeouts."""
     return wrk_summary(wrk_start(port, seconds, connections, threads, path, stream, events,
                                  delay_ms, key, timeout, env, https))
+
+
+OHA_VERSION = "1.16.0"
+OHA_ROOT = os.path.join(ROOT, "loadtest", ".tools")
+
+
+def oha_binary():
+    """oha (a load generator with a fixed request rate), from PATH or from
+    loadtest/.tools, where it is installed with cargo when missing."""
+    found = shutil.which("oha") or shutil.which("oha", path=os.path.join(OHA_ROOT, "bin"))
+    if found:
+        return found
+    print(f"installing oha {OHA_VERSION} into {OHA_ROOT} (cargo install, a few minutes)",
+          file=sys.stderr, flush=True)
+    subprocess.run(["cargo", "install", "--locked", "--quiet", "oha", "--version", OHA_VERSION,
+                    "--root", OHA_ROOT], check=True, timeout=1800)
+    return os.path.join(OHA_ROOT, "bin", "oha")
+
+
+def oha_fixed_rate(port, seconds, rate, connections, body, key=CLIENT_KEY, timeout=10):
+    """Sends `rate` chat requests per second to 127.0.0.1:port for `seconds`
+    over up to `connections` kept-alive connections, open loop: a request is
+    due at its time whether or not earlier ones have been answered, and its
+    latency counts from when it was due (oha -q with --latency-correction, so
+    a proxy that falls behind is not hidden by coordinated omission). Returns
+    a dict shaped like `wrk`'s summary (latencies in microseconds)."""
+    out = subprocess.run(
+        [oha_binary(), "--no-tui", "--output-format", "json", "-z", f"{seconds}s", "-w",
+         "-q", str(rate), "--latency-correction", "-c", str(connections), "-t", f"{timeout}s",
+         "-m", "POST", "-H", "Content-Type: application/json", "-H", f"Authorization: Bearer {key}",
+         "-H", "x-demo-delay-ms: 0", "-d", body, f"http://127.0.0.1:{port}/v1/chat/completions"],
+        capture_output=True, text=True, timeout=seconds + timeout + 60)
+    if out.returncode != 0:
+        sys.exit(f"oha failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+    r = json.loads(out.stdout)
+    codes = {int(k): v for k, v in (r.get("statusCodeDistribution") or {}).items()}
+    failed = sum((r.get("errorDistribution") or {}).values())
+    pct = r["latencyPercentiles"]
+    return {
+        "requests": sum(codes.values()),
+        "duration_us": r["summary"]["total"] * 1e6,
+        "p50": pct["p50"] * 1e6, "p99": pct["p99"] * 1e6, "p999": pct["p99.9"] * 1e6,
+        "connect_errors": 0, "read_errors": failed, "write_errors": 0,
+        "status_errors": sum(v for c, v in codes.items() if c != 200), "timeouts": 0,
+        "errors_seen": r.get("errorDistribution") or {},
+    }
 
 
 def median(xs):

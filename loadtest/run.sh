@@ -5,11 +5,13 @@
 # release binary only if it is missing, raises the open-file limit, then runs
 # loadtest/vs_nginx.py with every argument passed through.
 #
-#   loadtest/run.sh                          3 rounds × 10 s, json and sse
+#   loadtest/run.sh                          3 rounds × 10 s, json, sse and rate
 #   loadtest/run.sh --quick                  smoke test (~1 minute)
 #   loadtest/run.sh --rounds 1 --seconds 5 --sweep 1,1000,10000
 #   loadtest/run.sh --workloads none --sweep 1000,5000
 #   loadtest/run.sh --workloads https,handshake  HTTPS: keep-alive and handshake rates
+#   loadtest/run.sh --workloads rate --rate 5000  latency added at a fixed rate (oha, open loop;
+#                                              installed into loadtest/.tools with cargo if missing)
 #
 # Results: loadtest/results/latest.md and *.png (see loadtest/vs_nginx.py --help).
 set -euo pipefail

@@ -31,6 +31,13 @@ Workloads:
         of one probed stream per proxy, and a sequential probe measures time
         to first token (first `data:` event with non-empty delta.content)
         while wrk runs
+  rate  json at a fixed rate (--rate, default 5,000 req/s), open loop, with
+        oha instead of wrk (installed into loadtest/.tools with cargo when
+        missing): every request is due at its time whether or not earlier
+        ones were answered, and its latency counts from when it was due
+        (--latency-correction), so the latency a proxy adds is measured at a
+        load all three sustain, not at saturation, where wrk's closed loop
+        makes latency mostly the queue behind a slower proxy's 64 connections
   https      json over HTTPS on kept-alive connections (TLS cost per request)
   handshake  json over HTTPS, every request on a new connection (wrk sends
              `Connection: close`): connections/s = full TLS handshakes/s
@@ -58,7 +65,7 @@ failed to start, a check failed, a run had errors, or a sweep level could
 not run or did not complete. Loopback only; every run is bounded in time.
 
 Usage: loadtest/vs_nginx.py [--rounds 3] [--seconds 10] [--connections 64]
-          [--threads 1] [--workloads json,sse,https,handshake]
+          [--threads 1] [--workloads json,sse,rate,https,handshake] [--rate 5000]
           [--sweep 1,1000,10000] [--quick]
 """
 import argparse
@@ -100,8 +107,10 @@ WORKLOADS = {
     "sse": dict(stream=True, events=200, delay_ms=0),
     "https": dict(stream=False, events=0, delay_ms=0, https=True),
     "handshake": dict(stream=False, events=0, delay_ms=0, https=True, env={"MG_CLOSE": "true"}),
+    "rate": dict(stream=False, events=0, delay_ms=0, fixed_rate=True),
 }
 TITLE = {
+    "rate": "rate: json at a fixed rate, open loop (oha)",
     "https": "https: json over TLS, kept-alive connections",
     "handshake": "handshake: json over TLS, a new connection (full handshake) per request",
 }
@@ -504,7 +513,8 @@ def one_run(kind, wl, args, model, rnd, tls):
         port, tls_seen = p.port, None
         if shape.get("https"):
             port, tls_seen = p.tls_port, tls_check(p, tls)
-        h.wrk(port, args.warmup, args.connections, threads=args.wrk_threads, **shape)
+        load = {k: v for k, v in shape.items() if k != "fixed_rate"}
+        h.wrk(port, args.warmup, args.connections, threads=args.wrk_threads, **load)
         time.sleep(0.3)
         probe = {"ttft": [], "errors": []}
         t = None
@@ -514,7 +524,10 @@ def one_run(kind, wl, args, model, rnd, tls):
         cpu0, mcpu0, wcpu0 = p.cpu(), h.cpu_seconds(model.proc.pid), children_cpu()
         if t:
             t.start()
-        res = h.wrk(port, args.seconds, args.connections, threads=args.wrk_threads, **shape)
+        if shape.get("fixed_rate"):
+            res = h.oha_fixed_rate(port, args.seconds, args.rate, args.connections, chat_body(False))
+        else:
+            res = h.wrk(port, args.seconds, args.connections, threads=args.wrk_threads, **load)
         cpu, mcpu = p.cpu() - cpu0, h.cpu_seconds(model.proc.pid) - mcpu0
         wcpu = children_cpu() - wcpu0  # wrk, the one child reaped meanwhile
         if t:
@@ -542,10 +555,15 @@ def one_run(kind, wl, args, model, rnd, tls):
         row["ttft"] = h.median(probe["ttft"]) if probe["ttft"] else float("nan")
     if tls_seen:
         row["tls"] = tls_seen
+    if shape.get("fixed_rate"):
+        # Answered at the offered rate: below it, the proxy fell behind and
+        # its latencies are a growing queue, not what it adds.
+        row["kept_up"] = row["rps"] >= 0.97 * args.rate
     log(f"  round {rnd} {wl:4} {LABEL[kind]:22} {row['rps']:9.0f} req/s  p99 {row['p99']:7.2f} ms  "
         f"{row['cpu_us']:7.1f} us CPU/req  {row['peak_mb']:6.1f} MB  upstream {row['model_cores']:.2f} cores  "
         f"errors {row['errors']}"
-        + (f"  TTFT {row['ttft']:.2f} ms" if wl == "sse" else ""))
+        + (f"  TTFT {row['ttft']:.2f} ms" if wl == "sse" else "")
+        + ("" if row.get("kept_up", True) else f"  BEHIND the offered {args.rate} req/s"))
     if row["errors"]:
         fail(f"{wl} round {rnd} {LABEL[kind]}: {errors_of(res)} wrk errors {res}, "
              f"probe errors {probe['errors'][:3]}; {LABEL[kind]} log ends:\n{errlog[-1500:]}")
@@ -562,7 +580,9 @@ def summarize(rows):
     for k, rs in by.items():
         if not rs:
             continue
-        s = {m: h.median([r[m] for r in rs]) for m in rs[0] if m not in ("kind", "round", "tls")}
+        s = {m: h.median([r[m] for r in rs]) for m in rs[0] if m not in ("kind", "round", "tls", "kept_up")}
+        if "kept_up" in rs[0]:
+            s["kept_up"] = sum(r["kept_up"] for r in rs)
         s["errors"] = sum(r["errors"] for r in rs)
         if "tls" in rs[0]:
             s["tls"] = "; ".join(sorted({r["tls"] for r in rs}))
@@ -571,6 +591,7 @@ def summarize(rows):
             s["rps_ratio"] = h.median([r["rps"] / n["rps"] for r, n in pairs])
             s["cpu_ratio"] = h.median([r["cpu_us"] / n["cpu_us"] for r, n in pairs])
             s["p99_added"] = h.median([r["p99"] - n["p99"] for r, n in pairs])
+            s["p50_added"] = h.median([r["p50"] - n["p50"] for r, n in pairs])
             if "ttft" in s:
                 s["ttft_added"] = h.median([r["ttft"] - n["ttft"] for r, n in pairs])
         out[k] = s
@@ -579,13 +600,15 @@ def summarize(rows):
 
 def table(wl, summary, rounds):
     sse, https = wl == "sse", WORKLOADS[wl].get("https", False)
+    fixed = WORKLOADS[wl].get("fixed_rate", False)
     per = "handshake" if wl == "handshake" else "req"
     rate = "handshakes/s" if wl == "handshake" else "req/s"
     head = ["proxy", rate] + (["events/s"] if sse else []) + [
         "p50 ms", "p99 ms", "p99.9 ms"] + (["TTFT p50 ms"] if sse else []) + [
         f"CPU µs/{per}", "CPU cores", "upstream CPU cores"] + (["wrk CPU cores"] if https else []) + [
         "peak RSS MB", "errors",
-        f"{rate} vs nginx", f"CPU/{per} vs nginx", "p99 added ms"] + (["TTFT added ms"] if sse else [])
+        f"{rate} vs nginx", f"CPU/{per} vs nginx"] + (["p50 added ms"] if fixed else []) + [
+        "p99 added ms"] + (["TTFT added ms"] if sse else []) + (["rounds at the rate"] if fixed else [])
     lines = [f"### {TITLE.get(wl, wl)}: median of {rounds} round(s)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for k in KINDS:
@@ -597,12 +620,17 @@ def table(wl, summary, rounds):
             [f"{s['ttft']:.2f}"] if sse else []) + [
             f"{s['cpu_us']:.1f}", f"{s['cpu_cores']:.2f}", f"{s['model_cores']:.2f}"] + (
             [f"{s['client_cores']:.2f}"] if https else []) + [f"{s['peak_mb']:.1f}", str(s["errors"])]
+        extra = int(sse) + int(fixed)
         if k == "nginx" or "rps_ratio" not in s:
             cells += ["1", "1", "0"] if k == "nginx" else ["-", "-", "-"]
-            cells += (["0"] if k == "nginx" else ["-"]) if sse else []
+            cells += (["0"] if k == "nginx" else ["-"]) * extra
         else:
-            cells += [f"{s['rps_ratio']:.2f}×", f"{s['cpu_ratio']:.2f}×", f"{s['p99_added']:+.2f}"]
+            cells += [f"{s['rps_ratio']:.2f}×", f"{s['cpu_ratio']:.2f}×"]
+            cells += [f"{s['p50_added']:+.2f}"] if fixed else []
+            cells += [f"{s['p99_added']:+.2f}"]
             cells += [f"{s['ttft_added']:+.2f}"] if sse else []
+        if fixed:
+            cells.append(f"{s['kept_up']} of {rounds}")
         lines.append("| " + " | ".join(cells) + " |")
     if sse:
         ev = {LABEL[k]: s["events_per_stream"] for k, s in summary.items()}
@@ -620,6 +648,12 @@ def table(wl, summary, rounds):
                   "also with `ssl_session_cache off` and `ssl_session_tickets off`; checked before "
                   "every run by a second connection offering the first one's session. What that "
                   f"Python client negotiated: {seen}."]
+    if fixed:
+        lines += ["", f"oha -q {rate_offered} --latency-correction -c {connections_used} (open loop): every "
+                  "proxy gets the same offered rate, so req/s vs nginx is near 1 when each keeps up, and "
+                  "the latencies are what each adds at that load, counted from when each request was due. "
+                  "Rounds at the rate: rounds answering at least 97 % of the offered rate; in the others "
+                  "the proxy fell behind and its latency is a queue."]
     if wl == "handshake":
         lines += ["", "wrk sends `Connection: close`: the proxy closes each connection after its answer "
                   "and wrk opens a new one, so every request costs a TCP connect and a full TLS "
@@ -632,6 +666,8 @@ def table(wl, summary, rounds):
 
 
 summary_probes = 0
+rate_offered = 0
+connections_used = 0
 
 
 # --------------------------------------------------------------------------
@@ -787,7 +823,8 @@ def plot_latency(summaries, path, rounds):
         ax.set_xticks(range(3), ["p50", "p99", "p99.9"])
         ax.set_ylim(0, max(s[k]["p999"] for k in kinds) * 1.25)
         ax.set_ylabel("latency, ms")
-        ax.set_title(f"{wl}: wrk latency, median of {rounds} round(s)")
+        tool = "oha, fixed rate" if WORKLOADS[wl].get("fixed_rate") else "wrk"
+        ax.set_title(f"{wl}: {tool} latency, median of {rounds} round(s)")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -837,7 +874,8 @@ def header(args):
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; host: {os.cpu_count()} CPUs, "
         f"Linux {platform.release()}; RLIMIT_NOFILE {nofile_limit()}",
         f"- modelgate: `{args.bin_source}` ({cmd_out([args.bin, '--version'])}, built {binary_time}, "
-        f"sha256 {binary_sha}…; git HEAD {commit}, the tree may differ); nginx: {cmd_out([Nginx.binary, '-v'])}; {cmd_out(['wrk', '-v'])}",
+        f"sha256 {binary_sha}…; git HEAD {commit}, the tree may differ); nginx: {cmd_out([Nginx.binary, '-v'])}; {cmd_out(['wrk', '-v'])}"
+        + (f"; {cmd_out([h.oha_binary(), '--version'])}" if "rate" in args.workloads.split(",") else ""),
         f"- load: wrk -t{args.wrk_threads} -c{args.connections}, {args.rounds} round(s) of {args.seconds} s "
         f"per proxy and workload (+{args.warmup} s warm-up on each fresh process), rotated order; "
         f"proxy threads / nginx workers: {args.threads}; demo model threads: {args.model_threads}",
@@ -858,7 +896,7 @@ def header(args):
 
 
 def main():
-    global summary_probes
+    global summary_probes, rate_offered, connections_used
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", default=os.path.join(h.ROOT, "target/release/modelgate"))
     ap.add_argument("--rounds", type=int, default=3)
@@ -868,8 +906,9 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="modelgate threads = nginx worker processes")
     ap.add_argument("--wrk-threads", type=int, default=1)
     ap.add_argument("--model-threads", type=int, default=1, help="demo model threads")
-    ap.add_argument("--workloads", default="json,sse",
-                    help="comma-separated: json, sse, https, handshake; 'none' for none")
+    ap.add_argument("--workloads", default="json,sse,rate",
+                    help="comma-separated: json, sse, rate, https, handshake; 'none' for none")
+    ap.add_argument("--rate", type=int, default=5000, help="rate workload: offered requests per second")
     ap.add_argument("--probes", type=int, default=30, help="TTFT probe streams per sse run")
     ap.add_argument("--sweep", default="", help="open-stream levels, e.g. 1,1000,10000 (default: no sweep)")
     ap.add_argument("--sweep-events", type=int, default=200)
@@ -906,7 +945,9 @@ def main():
             sys.exit(f"sweep streams last {stream_s:.1f} s: too short to open {max(levels)} at "
                      f"{args.sweep_ramp:.0f}/s and measure for {args.sweep_window} s before the "
                      f"first ones end (raise --sweep-events, --sweep-delay-ms or --sweep-ramp)")
-    summary_probes = args.probes
+    summary_probes, rate_offered, connections_used = args.probes, args.rate, args.connections
+    if any(WORKLOADS[w].get("fixed_rate") for w in workloads):
+        h.oha_binary()  # installs it now, not in the middle of a round
     raise_nofile()
     atexit_register()
     # Run a private copy, so a `cargo build` meanwhile cannot mix two builds in one run.
