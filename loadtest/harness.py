@@ -233,16 +233,25 @@ OHA_ROOT = os.path.join(ROOT, "loadtest", ".tools")
 
 
 def oha_binary():
-    """oha (a load generator with a fixed request rate), from PATH or from
-    loadtest/.tools, where it is installed with cargo when missing."""
-    found = shutil.which("oha") or shutil.which("oha", path=os.path.join(OHA_ROOT, "bin"))
-    if found:
-        return found
+    """oha (a load generator with a fixed request rate), version OHA_VERSION:
+    from loadtest/.tools or PATH, else installed into loadtest/.tools with
+    cargo (the JSON output read by `oha_fixed_rate` is that version's)."""
+    for found in (shutil.which("oha", path=os.path.join(OHA_ROOT, "bin")), shutil.which("oha")):
+        if found and _oha_version(found) == OHA_VERSION:
+            return found
     print(f"installing oha {OHA_VERSION} into {OHA_ROOT} (cargo install, a few minutes)",
           file=sys.stderr, flush=True)
     subprocess.run(["cargo", "install", "--locked", "--quiet", "oha", "--version", OHA_VERSION,
                     "--root", OHA_ROOT], check=True, timeout=1800)
     return os.path.join(OHA_ROOT, "bin", "oha")
+
+
+def _oha_version(binary):
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
+        return out.stdout.split()[-1] if out.returncode == 0 and out.stdout.split() else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
 
 
 def oha_fixed_rate(port, seconds, rate, connections, body, key=CLIENT_KEY, timeout=10):
@@ -252,18 +261,21 @@ def oha_fixed_rate(port, seconds, rate, connections, body, key=CLIENT_KEY, timeo
     latency counts from when it was due (oha -q with --latency-correction, so
     a proxy that falls behind is not hidden by coordinated omission). Returns
     a dict shaped like `wrk`'s summary (latencies in microseconds)."""
-    out = subprocess.run(
-        [oha_binary(), "--no-tui", "--output-format", "json", "-z", f"{seconds}s", "-w",
-         "-q", str(rate), "--latency-correction", "-c", str(connections), "-t", f"{timeout}s",
-         "-m", "POST", "-H", "Content-Type: application/json", "-H", f"Authorization: Bearer {key}",
-         "-H", "x-demo-delay-ms: 0", "-d", body, f"http://127.0.0.1:{port}/v1/chat/completions"],
-        capture_output=True, text=True, timeout=seconds + timeout + 60)
+    args = [oha_binary(), "--no-tui", "--output-format", "json", "-z", f"{seconds}s", "-w",
+            "-q", str(rate), "--latency-correction", "-c", str(connections), "-t", f"{timeout}s",
+            "-m", "POST", "-H", "Content-Type: application/json", "-H", f"Authorization: Bearer {key}",
+            "-H", "x-demo-delay-ms: 0", "-d", body, f"http://127.0.0.1:{port}/v1/chat/completions"]
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + timeout + 60)
+    except subprocess.TimeoutExpired:
+        sys.exit(f"oha did not finish within {seconds + timeout + 60} s: {' '.join(args)}")
     if out.returncode != 0:
         sys.exit(f"oha failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
     r = json.loads(out.stdout)
     codes = {int(k): v for k, v in (r.get("statusCodeDistribution") or {}).items()}
     failed = sum((r.get("errorDistribution") or {}).values())
-    pct = r["latencyPercentiles"]
+    # No answered request: oha writes null percentiles.
+    pct = {k: (v if v is not None else float("nan")) for k, v in r["latencyPercentiles"].items()}
     return {
         "requests": sum(codes.values()),
         "duration_us": r["summary"]["total"] * 1e6,

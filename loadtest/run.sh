@@ -6,7 +6,7 @@
 # loadtest/vs_nginx.py with every argument passed through.
 #
 #   loadtest/run.sh                          3 rounds × 10 s, json, sse and rate
-#   loadtest/run.sh --quick                  smoke test (~1 minute)
+#   loadtest/run.sh --quick                  smoke test (~1 minute; the first run also installs oha, a few minutes)
 #   loadtest/run.sh --rounds 1 --seconds 5 --sweep 1,1000,10000
 #   loadtest/run.sh --workloads none --sweep 1000,5000
 #   loadtest/run.sh --workloads https,handshake  HTTPS: keep-alive and handshake rates

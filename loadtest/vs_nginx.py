@@ -529,7 +529,7 @@ def one_run(kind, wl, args, model, rnd, tls):
         else:
             res = h.wrk(port, args.seconds, args.connections, threads=args.wrk_threads, **load)
         cpu, mcpu = p.cpu() - cpu0, h.cpu_seconds(model.proc.pid) - mcpu0
-        wcpu = children_cpu() - wcpu0  # wrk, the one child reaped meanwhile
+        wcpu = children_cpu() - wcpu0  # wrk or oha, the one child reaped meanwhile
         if t:
             t.join()
         peak = p.peak_rss()
@@ -565,7 +565,7 @@ def one_run(kind, wl, args, model, rnd, tls):
         + (f"  TTFT {row['ttft']:.2f} ms" if wl == "sse" else "")
         + ("" if row.get("kept_up", True) else f"  BEHIND the offered {args.rate} req/s"))
     if row["errors"]:
-        fail(f"{wl} round {rnd} {LABEL[kind]}: {errors_of(res)} wrk errors {res}, "
+        fail(f"{wl} round {rnd} {LABEL[kind]}: {errors_of(res)} {'oha' if shape.get('fixed_rate') else 'wrk'} errors {res}, "
              f"probe errors {probe['errors'][:3]}; {LABEL[kind]} log ends:\n{errlog[-1500:]}")
     if not alive:
         fail(f"{wl} round {rnd} {LABEL[kind]}: the proxy died during the run")
