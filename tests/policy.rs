@@ -29,6 +29,23 @@ fn post(gw: &Gateway, key: &str, path: &str, body: &Value) -> reqwest::blocking:
         .unwrap()
 }
 
+/// A chat call with a body sent as given, for bodies that are not JSON or
+/// not what `post`'s `Value` would write (repeated keys, escapes, trailing data).
+fn post_raw(
+    gw: &Gateway,
+    key: &str,
+    content_type: &str,
+    body: impl Into<reqwest::blocking::Body>,
+) -> reqwest::blocking::Response {
+    http()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .unwrap()
+}
+
 fn status_and_json(resp: reqwest::blocking::Response) -> (u16, Value) {
     let status = resp.status().as_u16();
     (status, resp.json().unwrap_or(Value::Null))
@@ -237,14 +254,7 @@ fn each_rule_condition_and_action() {
             "gives each key once",
         ),
     ] {
-        let resp = http()
-            .post(gw.url("/v1/chat/completions"))
-            .bearer_auth(BOB_KEY)
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .unwrap();
-        let (s, v) = status_and_json(resp);
+        let (s, v) = status_and_json(post_raw(&gw, BOB_KEY, content_type, body));
         assert_eq!(s, 400, "{v}");
         let message = v["error"]["message"].as_str().unwrap();
         assert!(message.contains(needle), "{v}");
@@ -340,13 +350,7 @@ fn bodies_are_judged_alike_whether_read_in_one_pass_or_two() {
         br#"{"model":"m","prompt":"hello"} trailing"#,
     ];
     let answer = |gw: &Gateway, body: &[u8]| {
-        let resp = http()
-            .post(gw.url("/v1/chat/completions"))
-            .bearer_auth(ALICE_KEY)
-            .header("content-type", "application/json")
-            .body(body.to_vec())
-            .send()
-            .unwrap();
+        let resp = post_raw(gw, ALICE_KEY, "application/json", body.to_vec());
         let (status, json) = status_and_json(resp);
         (status, json["error"]["code"].clone())
     };
