@@ -4,6 +4,7 @@ time and peak memory from /proc. Everything started is stopped on exit.
 Loopback only; every run is bounded in time.
 """
 import atexit
+import functools
 import hashlib
 import json
 import os
@@ -232,10 +233,12 @@ OHA_VERSION = "1.16.0"
 OHA_ROOT = os.path.join(ROOT, "loadtest", ".tools")
 
 
+@functools.cache
 def oha_binary():
     """oha (a load generator with a fixed request rate), version OHA_VERSION:
     from loadtest/.tools or PATH, else installed into loadtest/.tools with
-    cargo (the JSON output read by `oha_fixed_rate` is that version's)."""
+    cargo (the JSON output read by `oha_fixed_rate` is that version's).
+    Found once per run: each round's measured window runs no version check."""
     for found in (shutil.which("oha", path=os.path.join(OHA_ROOT, "bin")), shutil.which("oha")):
         if found and _oha_version(found) == OHA_VERSION:
             return found
