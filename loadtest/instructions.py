@@ -3,14 +3,23 @@
 count, not a timing, so it does not move with the machine's load (the same
 binary and load give the same figure to within a fraction of a percent).
 
-  loadtest/instructions.py BINARY [BINARY...] [--kind pass|full] [--workload json|sse] [--seconds 10]
+  loadtest/instructions.py BINARY [BINARY...] [--kind pass|full|floor|nginx] [--workload json|sse] [--seconds 10]
 
 For each binary: starts the demo model (that binary, natively) and the
 gateway under `valgrind --tool=callgrind` in loadtest/vs_nginx.py's `pass`
 or `full` configuration on loopback, warms it up, zeroes the counters, runs
 wrk (16 connections) for --seconds, dumps the counters, and prints the
 instructions executed in the gateway (all its threads; the kernel's work is
-not counted) divided by the calls its `request_filter` hook saw. Valgrind
+not counted) divided by the calls its `request_filter` hook saw. With
+`--kind floor` the binaries are floor proxies (loadtest/floor/src/main.rs,
+`loadtest/vs_nginx.py --floors`: target/release/examples/pingora_floor or
+target/floor/release/pingora-floor), divided by the requests wrk completed
+(their hook is inlined; a call cut off at the end is counted in the
+instructions and not in the calls, at most 16 of the thousands), and the
+demo model is --model-bin (default target/release/modelgate). With
+`--kind nginx` the binaries are nginx binaries (e.g. /usr/sbin/nginx),
+run from conf/nginx.conf as one process (`master_process off`), calls
+counted the same way. Valgrind
 runs the gateway about 20-50 times slower, so the request rate means
 nothing. A cryptographic hash done in hardware on a real CPU (SHA-NI) is
 done in software under valgrind, so the client-key check weighs more here
@@ -41,8 +50,8 @@ h.wait_http = lambda url, timeout=20, headers=None: _wait_http(url, max(timeout,
 HOOK = "ProxyHttp>::request_filter"
 
 
-def measure(binary, kind, workload, seconds, out):
-    """Runs the gateway under callgrind; returns (instructions, calls)."""
+def measure(binary, kind, workload, seconds, out, model_bin):
+    """Runs the gateway under callgrind; returns (instructions, calls, dump)."""
     wrapper = out + ".sh"
     with open(wrapper, "w") as f:
         f.write("#!/bin/sh\nexec valgrind --tool=callgrind --dump-instr=no "
@@ -50,9 +59,14 @@ def measure(binary, kind, workload, seconds, out):
     os.chmod(wrapper, 0o755)
     sse = workload == "sse"
     load = {"stream": sse, "events": 200 if sse else 0}
-    model = h.DemoModel(binary)
+    model = h.DemoModel(model_bin or binary)
     try:
-        g = v.Gate(wrapper, kind, model.port, 1)
+        if kind == "nginx":
+            g = v.Nginx(model.port, 1, binary=wrapper, single=True, timeout=180)
+        elif kind == "floor":
+            g = v.Floor(wrapper, kind, model.port, 1, timeout=180)
+        else:
+            g = v.Gate(wrapper, kind, model.port, 1)
         try:
             h.wrk(g.port, 3, 16, timeout=30, **load)  # warm-up: pools, lazy statics
             subprocess.run(["callgrind_control", "--zero", str(g.proc.pid)], check=True,
@@ -74,6 +88,8 @@ def measure(binary, kind, workload, seconds, out):
     ann = subprocess.run(["callgrind_annotate", "--tree=caller", "--threshold=100", dump],
                          capture_output=True, text=True, check=True).stdout
     total = int(re.search(r"([\d,]+) \(100\.0%\)\s+PROGRAM TOTALS", ann).group(1).replace(",", ""))
+    if kind in ("floor", "nginx"):
+        return total, r["requests"], dump
     # The hook's callers, with their call counts, are listed above its line.
     lines = ann.splitlines()
     at = next(i for i, l in enumerate(lines) if "*  " in l and HOOK in l)
@@ -90,7 +106,9 @@ def measure(binary, kind, workload, seconds, out):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("binaries", nargs="+")
-    ap.add_argument("--kind", choices=["pass", "full"], default="pass")
+    ap.add_argument("--kind", choices=["pass", "full", "floor", "nginx"], default="pass")
+    ap.add_argument("--model-bin", default=os.path.join(h.ROOT, "target", "release", "modelgate"),
+                    help="--kind floor or nginx: the modelgate binary whose demo model is the upstream")
     ap.add_argument("--workload", choices=["json", "sse"], default="json")
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--keep", help="directory for the callgrind dumps (default: a temporary one)")
@@ -102,7 +120,8 @@ def main():
     for i, b in enumerate(args.binaries):
         b = os.path.abspath(b)
         out = os.path.join(keep, f"callgrind-{i}-{os.path.basename(b)}-{args.kind}-{args.workload}")
-        total, calls, dump = measure(b, args.kind, args.workload, args.seconds, out)
+        total, calls, dump = measure(b, args.kind, args.workload, args.seconds, out,
+                                     args.model_bin if args.kind in ("floor", "nginx") else None)
         if calls == 0:
             sys.exit(f"{b}: no call completed")
         print(f"{b} ({args.kind} {args.workload}): {total:,} instructions / {calls:,} calls = "

@@ -12,6 +12,8 @@
 #   loadtest/run.sh --workloads https,handshake  HTTPS: keep-alive and handshake rates
 #   loadtest/run.sh --workloads rate --rate 5000  latency added at a fixed rate (oha, open loop;
 #                                              installed into loadtest/.tools with cargo if missing)
+#   loadtest/run.sh --floors                 also plain Pingora 0.9.1 and the floor under passthrough
+#                                              (loadtest/floor/; the first run builds them, a few minutes)
 #
 # Results: loadtest/results/latest.md and *.png (see loadtest/vs_nginx.py --help).
 set -euo pipefail

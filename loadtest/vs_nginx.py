@@ -15,6 +15,18 @@ per run a fresh proxy process of one of three kinds:
           never reached), streaming masking of every entity
           (mask: {response: all}) and the audit trail to a file sink.
 
+With --floors, two more (loadtest/floor/src/main.rs), each the least a
+Pingora program does to do what nginx's configuration does (key check ->
+401, credential swap, upstream keep-alive), to show how much of a proxy's
+cost is Pingora's and how much the gateway's:
+
+  pingora crates.io Pingora 0.9.1 unpatched, Pingora's defaults: the
+          "minimal Pingora proxy" of issue 8 (built from
+          loadtest/floor/Cargo.toml into target/floor)
+  floor   the same program on modelgate's patched Pingora (vendor/) with
+          modelgate's settings, reading the request body whole as modelgate
+          does (the main crate's example pingora_floor)
+
 Each proxy is checked first (wrong key -> 401, the upstream sees the swapped
 credential, full masks the canned answer's PII and the others do not), warmed
 up, then driven with wrk (loadtest/wrk/request.lua). Rounds rotate the order
@@ -99,7 +111,9 @@ TLS_TEMPLATE = os.path.join(h.ROOT, "conf", "nginx-tls.conf")
 NO_TICKETS = os.path.join(h.ROOT, "conf", "openssl-no-tickets.cnf")
 RESULTS = os.path.join(h.ROOT, "loadtest", "results")
 KINDS = ["nginx", "pass", "full"]
-LABEL = {"nginx": "nginx", "pass": "modelgate passthrough", "full": "modelgate full"}
+FLOORS = ["pingora", "floor"]  # --floors
+LABEL = {"nginx": "nginx", "pass": "modelgate passthrough", "full": "modelgate full",
+         "pingora": "plain Pingora 0.9.1", "floor": "floor: modelgate's Pingora"}
 # The canned answer's PII: present unless the proxy masks responses.
 PII = "jane.doe@example.com"
 WORKLOADS = {
@@ -182,7 +196,10 @@ class Nginx:
 
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
 
-    def __init__(self, upstream_port, workers, worker_connections=65536, tls=None):
+    def __init__(self, upstream_port, workers, worker_connections=65536, tls=None,
+                 binary=None, single=False, timeout=20):
+        """`single`: one process, no master (`master_process off`), for
+        counting its instructions under valgrind (loadtest/instructions.py)."""
         self.kind = "nginx"
         self.dir = tempfile.mkdtemp(prefix="nginx-load-")
         os.chmod(self.dir, 0o755)  # workers may run as another user (root -> nobody)
@@ -210,19 +227,20 @@ class Nginx:
             f.write(conf)
         self.workers = []
         _nginxes.append(self)
-        self.proc = h.spawn([self.binary, "-p", self.dir + "/", "-c", self.conf,
-                             "-e", os.path.join(self.dir, "error.log"), "-g", "daemon off;"],
+        self.proc = h.spawn([binary or self.binary, "-p", self.dir + "/", "-c", self.conf,
+                             "-e", os.path.join(self.dir, "error.log"),
+                             "-g", "daemon off;" + (" master_process off;" if single else "")],
                             os.path.join(self.dir, "stdout.log"), env=tls and {"OPENSSL_CONF": NO_TICKETS})
-        end = time.time() + 20
+        end = time.time() + timeout
         while True:
             if self.proc.poll() is not None:
                 sys.exit(f"nginx exited with {self.proc.returncode} at start:\n"
                          f"{tail(os.path.join(self.dir, 'stdout.log'))}{tail(os.path.join(self.dir, 'error.log'))}")
-            self.workers = h.child_pids(self.proc.pid)
-            if len(self.workers) >= workers and ready(self.port):
+            self.workers = [] if single else h.child_pids(self.proc.pid)
+            if (single or len(self.workers) >= workers) and ready(self.port):
                 break
             if time.time() > end:
-                sys.exit(f"nginx not ready after 20 s:\n{tail(os.path.join(self.dir, 'error.log'))}")
+                sys.exit(f"nginx not ready after {timeout} s:\n{tail(os.path.join(self.dir, 'error.log'))}")
             time.sleep(0.05)
 
     def cpu(self):
@@ -249,7 +267,20 @@ class Nginx:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class Gate:
+class OneProcess:
+    """CPU time and memory of a proxy that is one process, `self.proc`."""
+
+    def cpu(self):
+        return h.cpu_seconds(self.proc.pid)
+
+    def peak_rss(self):
+        return h.peak_rss_mb(self.proc.pid)
+
+    def rss(self):
+        return h.rss_mb(self.proc.pid)
+
+
+class Gate(OneProcess):
     """modelgate in `pass` or `full` mode (see the module docstring)."""
 
     def __init__(self, binary, kind, upstream_port, threads, tls=None):
@@ -293,15 +324,6 @@ class Gate:
         self.port, self.proc = self.mg.port, self.mg.proc
         self.workers = []
 
-    def cpu(self):
-        return h.cpu_seconds(self.proc.pid)
-
-    def peak_rss(self):
-        return h.peak_rss_mb(self.proc.pid)
-
-    def rss(self):
-        return h.rss_mb(self.proc.pid)
-
     def error_log(self):
         """The gateway log's distinct messages, most frequent first, and (full
         mode) the audit `call` records by status and decision: refusals (503)
@@ -327,10 +349,56 @@ class Gate:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class Floor(OneProcess):
+    """A floor proxy (`pingora` or `floor`, see the module docstring)."""
+
+    def __init__(self, binary, kind, upstream_port, threads, timeout=20):
+        self.kind, self.port, self.tls_port = kind, h.free_port(), None
+        self.dir = tempfile.mkdtemp(prefix="floor-load-")
+        self.log = os.path.join(self.dir, "floor.log")
+        self.proc = h.spawn([binary, f"127.0.0.1:{self.port}", f"127.0.0.1:{upstream_port}",
+                             h.CLIENT_KEY, f"Bearer {UPSTREAM_SECRET}", str(threads)], self.log)
+        end = time.time() + timeout
+        while not ready(self.port):
+            if self.proc.poll() is not None or time.time() > end:
+                sys.exit(f"{LABEL[kind]} did not start:\n{tail(self.log)}")
+            time.sleep(0.05)
+
+    def error_log(self):
+        return log_digest(self.log)
+
+    def stop(self):
+        h.stop(self.proc, timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def build_floors():
+    """Builds both floors (cargo does nothing when they are fresh) and
+    returns {kind: binary}."""
+    target = os.path.join(h.ROOT, "target")
+    cmds = {
+        "floor": (["cargo", "build", "--release", "--example", "pingora_floor"],
+                  os.path.join(target, "release", "examples", "pingora_floor")),
+        "pingora": (["cargo", "build", "--release", "--locked", "--manifest-path",
+                     os.path.join(h.ROOT, "loadtest", "floor", "Cargo.toml"),
+                     "--target-dir", os.path.join(target, "floor")],
+                    os.path.join(target, "floor", "release", "pingora-floor")),
+    }
+    out = {}
+    for kind, (cmd, binary) in cmds.items():
+        log(f"building {LABEL[kind]}: {' '.join(cmd)}")
+        if subprocess.run(cmd, cwd=h.ROOT).returncode != 0:
+            sys.exit(f"building {LABEL[kind]} failed")
+        out[kind] = binary
+    return out
+
+
 def start(kind, args, model, tls=None):
     """A fresh proxy of `kind`; with `tls` (a TestCert), also listening for HTTPS."""
     if kind == "nginx":
         return Nginx(model.port, args.threads, args.nginx_worker_connections, tls)
+    if kind in FLOORS:
+        return Floor(args.floor_bins[kind], kind, model.port, args.threads)
     return Gate(args.bin, kind, model.port, args.threads, tls)
 
 
@@ -559,7 +627,7 @@ def one_run(kind, wl, args, model, rnd, tls):
         # Answered at the offered rate: below it, the proxy fell behind and
         # its latencies are a growing queue, not what it adds.
         row["kept_up"] = row["rps"] >= 0.97 * args.rate
-    log(f"  round {rnd} {wl:4} {LABEL[kind]:22} {row['rps']:9.0f} req/s  p99 {row['p99']:7.2f} ms  "
+    log(f"  round {rnd} {wl:4} {LABEL[kind]:26} {row['rps']:9.0f} req/s  p99 {row['p99']:7.2f} ms  "
         f"{row['cpu_us']:7.1f} us CPU/req  {row['peak_mb']:6.1f} MB  upstream {row['model_cores']:.2f} cores  "
         f"errors {row['errors']}"
         + (f"  TTFT {row['ttft']:.2f} ms" if wl == "sse" else "")
@@ -882,7 +950,10 @@ def header(args):
         "- proxies: nginx (conf/nginx.conf: key check, credential swap, proxy_buffering off, upstream "
         "keep-alive, no access log); modelgate passthrough (identity + credential swap, "
         "mask: {response: none}, no audit); modelgate full (identity, streaming masking of every "
-        "entity, audit to a file sink, 5 policy rules incl. the injection screen, a local request-rate limit).",
+        "entity, audit to a file sink, 5 policy rules incl. the injection screen, a local request-rate limit)"
+        + ("; with --floors, plain Pingora 0.9.1 (crates.io, unpatched, Pingora's defaults) and the floor "
+           "(the same minimal proxy on modelgate's patched Pingora with modelgate's settings), each doing "
+           "only the key check and credential swap (loadtest/floor/src/main.rs)." if args.floors else "."),
         "- CPU µs/req: proxy CPU time (utime+stime; nginx master + workers) / requests; CPU cores: "
         "the same over the run's wall time; upstream CPU cores: the demo model's (near 1 × its "
         "threads: the upstream limits req/s, compare CPU/req). Peak RSS: VmHWM (nginx: sum of workers). Ratios and "
@@ -916,6 +987,8 @@ def main():
     ap.add_argument("--sweep-window", type=float, default=3.0, help="seconds CPU is measured with all streams open")
     ap.add_argument("--sweep-ramp", type=float, default=2000, help="sweep: streams started per second")
     ap.add_argument("--nginx-worker-connections", type=int, default=65536)
+    ap.add_argument("--floors", action="store_true",
+                    help="also run the two Pingora floors (json, sse and rate workloads; not the sweep)")
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 round of 2 s, few probes, short sweep streams")
     ap.add_argument("--results", default=RESULTS, help="directory for latest.md and the PNGs")
     args = ap.parse_args()
@@ -948,6 +1021,10 @@ def main():
     summary_probes, rate_offered, connections_used = args.probes, args.rate, args.connections
     if any(WORKLOADS[w].get("fixed_rate") for w in workloads):
         h.oha_binary()  # installs it now, not in the middle of a round
+    if args.floors:
+        if https:
+            sys.exit("--floors: the floors have no HTTPS listener; leave out https and handshake")
+        KINDS.extend(FLOORS)
     raise_nofile()
     atexit_register()
     # Run a private copy, so a `cargo build` meanwhile cannot mix two builds in one run.
@@ -955,6 +1032,8 @@ def main():
     bindir = tempfile.mkdtemp(prefix="mg-bin-")
     atexit.register(shutil.rmtree, bindir, True)
     args.bin = shutil.copy2(args.bin, os.path.join(bindir, "modelgate"))
+    if args.floors:
+        args.floor_bins = {k: shutil.copy2(b, os.path.join(bindir, k)) for k, b in build_floors().items()}
 
     tls = TestCert() if https else None
     model = h.DemoModel(args.bin, threads=args.model_threads)
@@ -972,7 +1051,8 @@ def main():
     sweep_rows = []
     for i, n in enumerate(levels):
         problem = fd_budget_problem(n)
-        order = KINDS[i % 3:] + KINDS[:i % 3]
+        base = KINDS[:3]  # the sweep leaves the floors out
+        order = base[i % 3:] + base[:i % 3]
         for kind in order:
             if problem:
                 sweep_rows.append({"kind": kind, "n": n, "skipped": problem})

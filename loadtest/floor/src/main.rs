@@ -1,0 +1,138 @@
+//! The floor under modelgate's passthrough: the least a Pingora program
+//! does to do what `conf/nginx.conf` does (the client key checked, 401 when
+//! it is wrong; the credential swapped; upstream keep-alive), so the load
+//! test (`loadtest/vs_nginx.py --floors`) can show how much of a proxy's
+//! cost is Pingora's own and how much is modelgate's code.
+//!
+//! One source, built two ways:
+//!
+//! - **`pingora`**: crates.io Pingora 0.9.1, unpatched, with Pingora's
+//!   defaults (work-stealing runtime, the system allocator, the disabled
+//!   compression module) and the request body streamed through: the
+//!   "minimal Pingora proxy" issue 8 measured before any tuning. Built from
+//!   `loadtest/floor/Cargo.toml`, whose `build.rs` sets `cfg(floor_stock)`.
+//! - **`floor`**: the same program on modelgate's patched Pingora
+//!   (`vendor/`, `vendor/PATCHES.md`) with modelgate's settings (one
+//!   runtime per thread, jemalloc, no downstream modules) and the request
+//!   body read whole before going upstream, as modelgate reads it, so
+//!   calls take the same one-loop path. Built as the main crate's example
+//!   `pingora_floor`.
+//!
+//! Usage: `pingora-floor LISTEN UPSTREAM CLIENT_KEY CREDENTIAL THREADS`,
+//! e.g. `pingora-floor 127.0.0.1:8080 127.0.0.1:9000 load-test-key
+//! "Bearer upstream-secret" 1`.
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_LENGTH};
+use http::HeaderValue;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::Server;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::Result;
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{ProxyHttp, Session};
+use std::net::SocketAddr;
+
+#[cfg(not(floor_stock))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+struct Floor {
+    upstream: SocketAddr,
+    /// `Bearer <client key>`, compared byte for byte (nginx's `map`).
+    key: HeaderValue,
+    credential: HeaderValue,
+}
+
+#[cfg_attr(floor_stock, async_trait::async_trait)]
+impl ProxyHttp for Floor {
+    /// The request body, read whole (`floor` only).
+    type CTX = Bytes;
+
+    fn new_ctx(&self) -> Bytes {
+        Bytes::new()
+    }
+
+    #[cfg(not(floor_stock))]
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
+
+    async fn request_filter(&self, session: &mut Session, _body: &mut Bytes) -> Result<bool> {
+        if session.req_header().headers.get(AUTHORIZATION) != Some(&self.key) {
+            let mut resp = ResponseHeader::build(401, Some(1))?;
+            resp.insert_header(CONTENT_LENGTH, 0)?;
+            session.write_response_header(Box::new(resp), true).await?;
+            return Ok(true);
+        }
+        #[cfg(not(floor_stock))]
+        {
+            let mut whole = bytes::BytesMut::new();
+            while let Some(chunk) = session.read_request_body().await? {
+                whole.extend_from_slice(&chunk);
+            }
+            *_body = whole.freeze();
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _body: &mut Bytes,
+    ) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        req: &mut RequestHeader,
+        _body: &mut Bytes,
+    ) -> Result<()> {
+        req.insert_header(AUTHORIZATION, self.credential.clone())
+    }
+
+    /// Replays the body read in `request_filter` (`floor`; see
+    /// `vendor/PATCHES.md`); `pingora` streams it through untouched.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        read: &mut Bytes,
+    ) -> Result<()> {
+        if !read.is_empty() {
+            *body = end_of_stream.then(|| read.clone());
+        }
+        Ok(())
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [listen, upstream, key, credential, threads] = &args[..] else {
+        eprintln!("usage: pingora-floor LISTEN UPSTREAM CLIENT_KEY CREDENTIAL THREADS");
+        std::process::exit(2);
+    };
+    let floor = Floor {
+        upstream: upstream
+            .parse()
+            .expect("UPSTREAM: an address such as 127.0.0.1:9000"),
+        key: HeaderValue::from_str(&format!("Bearer {key}")).expect("CLIENT_KEY: a header value"),
+        credential: HeaderValue::from_str(credential).expect("CREDENTIAL: a header value"),
+    };
+    let mut conf = ServerConf {
+        threads: threads.parse().expect("THREADS: a number"),
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..Default::default()
+    };
+    if cfg!(not(floor_stock)) {
+        conf.work_stealing = false;
+    }
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut proxy = pingora_proxy::http_proxy_service(&server.configuration, floor);
+    proxy.add_tcp(listen);
+    server.add_service(proxy);
+    server.run_forever()
+}
