@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""User and system CPU per request of nginx and modelgate passthrough under
-the JSON load, alternating in one run: where the gap to nginx is (the kernel
-work per call is much the same for both; the difference is user space).
+"""User and system CPU per request of nginx and modelgate passthrough (and,
+with --floor, a floor proxy of loadtest/floor/src/main.rs) under the JSON
+load, alternating in one run: where the gap to nginx is (the kernel work per
+call is much the same for both; the difference is user space).
 
-  loadtest/cpu_split.py [BINARY] [--rounds 2] [--seconds 8]
+  loadtest/cpu_split.py [BINARY] [--rounds 2] [--seconds 8] [--floor FLOOR_BINARY]
 
 BINARY defaults to target/release/modelgate. Reads utime and stime of each
 process (nginx: master and workers) from /proc before and after each wrk run
@@ -22,12 +23,19 @@ def main():
     ap.add_argument("binary", nargs="?", default=os.path.join(h.ROOT, "target", "release", "modelgate"))
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--floor", help="a floor binary, e.g. target/release/examples/pingora_floor")
     args = ap.parse_args()
+    kinds = ["nginx", "pass"] + (["floor"] if args.floor else [])
     model = h.DemoModel(args.binary)
     try:
         for r in range(args.rounds):
-            for kind in (["nginx", "pass"] if r % 2 == 0 else ["pass", "nginx"]):
-                g = v.Nginx(model.port, 1) if kind == "nginx" else v.Gate(args.binary, kind, model.port, 1)
+            for kind in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
+                if kind == "nginx":
+                    g = v.Nginx(model.port, 1)
+                elif kind == "floor":
+                    g = v.Floor(args.floor, kind, model.port, 1)
+                else:
+                    g = v.Gate(args.binary, kind, model.port, 1)
                 try:
                     h.wrk(g.port, 2, 64)  # warm-up
                     pids = [g.proc.pid, *h.child_pids(g.proc.pid)]
@@ -38,8 +46,8 @@ def main():
                     g.stop()
                 n = max(out["requests"], 1)
                 per_req = [sum(a[i] - b[i] for a, b in zip(after, before)) / n * 1e6 for i in (0, 1)]
-                name = "nginx" if kind == "nginx" else "modelgate passthrough"
-                print(f"round {r + 1} {name:22} {out['requests'] / args.seconds:8.0f} req/s  "
+                name = v.LABEL[kind]
+                print(f"round {r + 1} {name:26} {out['requests'] / args.seconds:8.0f} req/s  "
                       f"user {per_req[0]:5.1f} us  system {per_req[1]:5.1f} us per request", flush=True)
     finally:
         model.stop()

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""User-space instructions per call of one or more modelgate binaries: a
+"""User-space instructions per call of one or more proxy binaries (modelgate;
+with --kind floor or nginx, the load test's floors or nginx): a
 count, not a timing, so it does not move with the machine's load (the same
 binary and load give the same figure to within a fraction of a percent).
 
@@ -14,8 +15,10 @@ not counted) divided by the calls its `request_filter` hook saw. With
 `--kind floor` the binaries are floor proxies (loadtest/floor/src/main.rs,
 `loadtest/vs_nginx.py --floors`: target/release/examples/pingora_floor or
 target/floor/release/pingora-floor), divided by the requests wrk completed
-(their hook is inlined; a call cut off at the end is counted in the
-instructions and not in the calls, at most 16 of the thousands), and the
+(their hook is inlined; up to 16 warm-up calls finishing after the
+counters are zeroed and up to 16 calls cut off at the end are counted in
+the instructions and not in the calls, with the connections' set-up and
+teardown: well under 1 % of the thousands of calls), and the
 demo model is --model-bin (default target/release/modelgate). With
 `--kind nginx` the binaries are nginx binaries (e.g. /usr/sbin/nginx),
 run from conf/nginx.conf as one process (`master_process off`), calls

@@ -24,13 +24,15 @@ cost is Pingora's and how much the gateway's:
           "minimal Pingora proxy" of issue 8 (built from
           loadtest/floor/Cargo.toml into target/floor)
   floor   the same program on modelgate's patched Pingora (vendor/) with
-          modelgate's settings, reading the request body whole as modelgate
-          does (the main crate's example pingora_floor)
+          modelgate's settings (no header-case map, no listener read buffer),
+          reading the request body whole as modelgate does (the main crate's
+          example pingora_floor); both with nginx's upstream timeouts
 
 Each proxy is checked first (wrong key -> 401, the upstream sees the swapped
 credential, full masks the canned answer's PII and the others do not), warmed
 up, then driven with wrk (loadtest/wrk/request.lua). Rounds rotate the order
-(round 1: nginx, pass, full; round 2: pass, full, nginx; ...). Per run:
+(round 1: nginx, pass, full; round 2: pass, full, nginx; ...; with --floors
+the five kinds rotate the same way, so 3 rounds use 3 of the 5 orders). Per run:
 requests/s, p50/p99/p99.9 latency (wrk), CPU time per request of the proxy
 process(es) (/proc/PID/stat utime+stime; nginx: master + workers), peak RSS
 (VmHWM; nginx: sum of workers), errors. Tables show medians over rounds and,
@@ -247,10 +249,10 @@ class Nginx:
         return sum(h.cpu_seconds(p) for p in [self.proc.pid, *self.workers])
 
     def peak_rss(self):
-        return sum(h.peak_rss_mb(p) for p in self.workers)
+        return sum(h.peak_rss_mb(p) for p in self.workers or [self.proc.pid])
 
     def rss(self):
-        return sum(h.rss_mb(p) for p in self.workers)
+        return sum(h.rss_mb(p) for p in self.workers or [self.proc.pid])
 
     def error_log(self):
         return log_digest(os.path.join(self.dir, "error.log"))
@@ -953,7 +955,9 @@ def header(args):
         "entity, audit to a file sink, 5 policy rules incl. the injection screen, a local request-rate limit)"
         + ("; with --floors, plain Pingora 0.9.1 (crates.io, unpatched, Pingora's defaults) and the floor "
            "(the same minimal proxy on modelgate's patched Pingora with modelgate's settings), each doing "
-           "only the key check and credential swap (loadtest/floor/src/main.rs)." if args.floors else "."),
+           "only the key check and credential swap (loadtest/floor/src/main.rs): "
+           + ", ".join(f"{k} sha256 {hashlib.sha256(open(b, 'rb').read()).hexdigest()[:12]}…"
+                       for k, b in args.floor_bins.items()) + "." if args.floors else "."),
         "- CPU µs/req: proxy CPU time (utime+stime; nginx master + workers) / requests; CPU cores: "
         "the same over the run's wall time; upstream CPU cores: the demo model's (near 1 × its "
         "threads: the upstream limits req/s, compare CPU/req). Peak RSS: VmHWM (nginx: sum of workers). Ratios and "

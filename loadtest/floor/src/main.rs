@@ -12,11 +12,16 @@
 //!   "minimal Pingora proxy" issue 8 measured before any tuning. Built from
 //!   `loadtest/floor/Cargo.toml`, whose `build.rs` sets `cfg(floor_stock)`.
 //! - **`floor`**: the same program on modelgate's patched Pingora
-//!   (`vendor/`, `vendor/PATCHES.md`) with modelgate's settings (one
-//!   runtime per thread, jemalloc, no downstream modules) and the request
-//!   body read whole before going upstream, as modelgate reads it, so
-//!   calls take the same one-loop path. Built as the main crate's example
-//!   `pingora_floor`.
+//!   (`vendor/`, `vendor/PATCHES.md`) with modelgate's settings: one
+//!   runtime per thread, jemalloc, no downstream modules, no second map of
+//!   header-name spellings (`http.preserve_header_case: false`), a plain
+//!   listener without Pingora's 64 KiB read buffer, and the request body
+//!   read whole under a 30 s deadline (modelgate's `client_body_timeout`)
+//!   before going upstream, as modelgate reads it, so calls take the same
+//!   one-loop path. Built as the main crate's example `pingora_floor`.
+//!
+//! Both set nginx's upstream timeouts (`conf/nginx.conf`, modelgate's
+//! defaults): connect 2 s, send 30 s, read 300 s, idle 60 s.
 //!
 //! Usage: `pingora-floor LISTEN UPSTREAM CLIENT_KEY CREDENTIAL THREADS`,
 //! e.g. `pingora-floor 127.0.0.1:8080 127.0.0.1:9000 load-test-key
@@ -32,6 +37,7 @@ use pingora_error::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 #[cfg(not(floor_stock))]
 #[global_allocator]
@@ -65,11 +71,30 @@ impl ProxyHttp for Floor {
         }
         #[cfg(not(floor_stock))]
         {
-            let mut whole = bytes::BytesMut::new();
-            while let Some(chunk) = session.read_request_body().await? {
-                whole.extend_from_slice(&chunk);
+            // One chunk (the usual case) kept as it is, as modelgate does.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            let mut more: Option<bytes::BytesMut> = None;
+            loop {
+                let read = tokio::time::timeout_at(deadline, session.read_request_body());
+                let Some(chunk) = read.await.map_err(|_| {
+                    pingora_error::Error::explain(pingora_error::ErrorType::ReadTimedout, "body")
+                })??
+                else {
+                    break;
+                };
+                match &mut more {
+                    Some(buf) => buf.extend_from_slice(&chunk),
+                    None if _body.is_empty() => *_body = chunk,
+                    None => {
+                        let mut buf = bytes::BytesMut::from(&_body[..]);
+                        buf.extend_from_slice(&chunk);
+                        more = Some(buf);
+                    }
+                }
             }
-            *_body = whole.freeze();
+            if let Some(buf) = more {
+                *_body = buf.freeze();
+            }
         }
         Ok(false)
     }
@@ -79,7 +104,13 @@ impl ProxyHttp for Floor {
         _session: &mut Session,
         _body: &mut Bytes,
     ) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+        let mut peer = HttpPeer::new(self.upstream, false, String::new());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(Duration::from_secs(2));
+        o.read_timeout = Some(Duration::from_secs(300));
+        o.write_timeout = Some(Duration::from_secs(30));
+        o.idle_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
     }
 
     async fn upstream_request_filter(
@@ -132,7 +163,19 @@ fn main() {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut proxy = pingora_proxy::http_proxy_service(&server.configuration, floor);
+    #[cfg(floor_stock)]
     proxy.add_tcp(listen);
+    #[cfg(not(floor_stock))]
+    {
+        pingora_core::protocols::http::v1::common::set_preserve_header_case(false);
+        let listener = pingora_core::listeners::ListenerConfig::tcp(listen).l4_buffer(
+            pingora_core::listeners::L4BufferSettings {
+                read: Some(0),
+                write: None,
+            },
+        );
+        proxy.add_listener(listener);
+    }
     server.add_service(proxy);
     server.run_forever()
 }
