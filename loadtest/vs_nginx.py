@@ -20,9 +20,9 @@ Pingora program does to do what nginx's configuration does (key check ->
 401, credential swap, upstream keep-alive), to show how much of a proxy's
 cost is Pingora's and how much the gateway's:
 
-  pingora crates.io Pingora 0.9.1 unpatched, Pingora's defaults: the
-          "minimal Pingora proxy" of issue 8 (built from
-          loadtest/floor/Cargo.toml into target/floor)
+  pingora crates.io Pingora 0.9.1 unpatched, Pingora's defaults except
+          nginx's upstream timeouts: the "minimal Pingora proxy" of issue 8
+          (built from loadtest/floor/Cargo.toml into target/floor)
   floor   the same program on modelgate's patched Pingora (vendor/) with
           modelgate's settings (no header-case map, no listener read buffer),
           reading the request body whole as modelgate does (the main crate's
@@ -934,9 +934,14 @@ def cmd_out(args):
         return "?"
 
 
+def sha12(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:12]
+
+
 def header(args):
     binary_time = datetime.datetime.fromtimestamp(os.path.getmtime(args.bin)).isoformat(timespec="seconds")
-    binary_sha = hashlib.sha256(open(args.bin, "rb").read()).hexdigest()[:12]
+    binary_sha = sha12(args.bin)
     commit = cmd_out(["git", "-C", h.ROOT, "rev-parse", "--short", "HEAD"])
     return "\n".join([
         "# modelgate vs nginx",
@@ -953,10 +958,11 @@ def header(args):
         "keep-alive, no access log); modelgate passthrough (identity + credential swap, "
         "mask: {response: none}, no audit); modelgate full (identity, streaming masking of every "
         "entity, audit to a file sink, 5 policy rules incl. the injection screen, a local request-rate limit)"
-        + ("; with --floors, plain Pingora 0.9.1 (crates.io, unpatched, Pingora's defaults) and the floor "
+        + ("; with --floors, plain Pingora 0.9.1 (crates.io, unpatched, Pingora's defaults except "
+           "nginx's upstream timeouts) and the floor "
            "(the same minimal proxy on modelgate's patched Pingora with modelgate's settings), each doing "
            "only the key check and credential swap (loadtest/floor/src/main.rs): "
-           + ", ".join(f"{k} sha256 {hashlib.sha256(open(b, 'rb').read()).hexdigest()[:12]}…"
+           + ", ".join(f"{k} sha256 {sha12(b)}…"
                        for k, b in args.floor_bins.items()) + "." if args.floors else "."),
         "- CPU µs/req: proxy CPU time (utime+stime; nginx master + workers) / requests; CPU cores: "
         "the same over the run's wall time; upstream CPU cores: the demo model's (near 1 × its "

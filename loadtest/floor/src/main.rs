@@ -7,18 +7,23 @@
 //! One source, built two ways:
 //!
 //! - **`pingora`**: crates.io Pingora 0.9.1, unpatched, with Pingora's
-//!   defaults (work-stealing runtime, the system allocator, the disabled
-//!   compression module) and the request body streamed through: the
-//!   "minimal Pingora proxy" issue 8 measured before any tuning. Built from
+//!   defaults except nginx's upstream timeouts (work-stealing runtime, the
+//!   system allocator, the disabled compression module) and the request
+//!   body streamed through: the "minimal Pingora proxy" issue 8 measured
+//!   before any tuning, plus those timeouts. Built from
 //!   `loadtest/floor/Cargo.toml`, whose `build.rs` sets `cfg(floor_stock)`.
 //! - **`floor`**: the same program on modelgate's patched Pingora
 //!   (`vendor/`, `vendor/PATCHES.md`) with modelgate's settings: one
 //!   runtime per thread, jemalloc, no downstream modules, no second map of
 //!   header-name spellings (`http.preserve_header_case: false`), a plain
 //!   listener without Pingora's 64 KiB read buffer, and the request body
-//!   read whole under a 30 s deadline (modelgate's `client_body_timeout`)
-//!   before going upstream, as modelgate reads it, so calls take the same
-//!   one-loop path. Built as the main crate's example `pingora_floor`.
+//!   read whole before going upstream, as modelgate reads it (under a 30 s
+//!   deadline, 408, and at most 10 MiB, 413: modelgate's and nginx's
+//!   defaults), so calls take the same one-loop path. Built as the main
+//!   crate's example `pingora_floor`. A chunked request body is relayed
+//!   chunked, which takes Pingora's two-halves path where modelgate sends
+//!   it with a length: the floor is a floor for bodies of known length,
+//!   which is what the load test sends.
 //!
 //! Both set nginx's upstream timeouts (`conf/nginx.conf`, modelgate's
 //! defaults): connect 2 s, send 30 s, read 300 s, idle 60 s.
@@ -62,7 +67,8 @@ impl ProxyHttp for Floor {
     #[cfg(not(floor_stock))]
     fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
 
-    async fn request_filter(&self, session: &mut Session, _body: &mut Bytes) -> Result<bool> {
+    #[cfg_attr(floor_stock, allow(unused_variables))]
+    async fn request_filter(&self, session: &mut Session, body: &mut Bytes) -> Result<bool> {
         if session.req_header().headers.get(AUTHORIZATION) != Some(&self.key) {
             let mut resp = ResponseHeader::build(401, Some(1))?;
             resp.insert_header(CONTENT_LENGTH, 0)?;
@@ -71,30 +77,7 @@ impl ProxyHttp for Floor {
         }
         #[cfg(not(floor_stock))]
         {
-            // One chunk (the usual case) kept as it is, as modelgate does.
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            let mut more: Option<bytes::BytesMut> = None;
-            loop {
-                let read = tokio::time::timeout_at(deadline, session.read_request_body());
-                let Some(chunk) = read.await.map_err(|_| {
-                    pingora_error::Error::explain(pingora_error::ErrorType::ReadTimedout, "body")
-                })??
-                else {
-                    break;
-                };
-                match &mut more {
-                    Some(buf) => buf.extend_from_slice(&chunk),
-                    None if _body.is_empty() => *_body = chunk,
-                    None => {
-                        let mut buf = bytes::BytesMut::from(&_body[..]);
-                        buf.extend_from_slice(&chunk);
-                        more = Some(buf);
-                    }
-                }
-            }
-            if let Some(buf) = more {
-                *_body = buf.freeze();
-            }
+            *body = read_body(session).await?;
         }
         Ok(false)
     }
@@ -136,6 +119,41 @@ impl ProxyHttp for Floor {
         }
         Ok(())
     }
+}
+
+/// The request body, whole: one chunk (the usual case) kept as it is, as
+/// modelgate does; 408 after 30 s, 413 over 10 MiB (declared or read).
+#[cfg(not(floor_stock))]
+async fn read_body(session: &mut Session) -> Result<Bytes> {
+    use pingora_error::{Error, ErrorType::HTTPStatus};
+    const LIMIT: usize = 10 << 20;
+    let declared = session.req_header().headers.get(CONTENT_LENGTH);
+    if declared.and_then(|v| v.to_str().ok()?.parse::<usize>().ok()) > Some(LIMIT) {
+        return Error::e_explain(HTTPStatus(413), "request body over 10 MiB");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (mut first, mut more, mut total) = (Bytes::new(), None::<bytes::BytesMut>, 0);
+    loop {
+        let read = tokio::time::timeout_at(deadline, session.read_request_body());
+        let chunk = read
+            .await
+            .map_err(|_| Error::explain(HTTPStatus(408), "request body not received in time"))??;
+        let Some(chunk) = chunk else { break };
+        total += chunk.len();
+        if total > LIMIT {
+            return Error::e_explain(HTTPStatus(413), "request body over 10 MiB");
+        }
+        match &mut more {
+            Some(buf) => buf.extend_from_slice(&chunk),
+            None if first.is_empty() => first = chunk,
+            None => {
+                let mut buf = bytes::BytesMut::from(&first[..]);
+                buf.extend_from_slice(&chunk);
+                more = Some(buf);
+            }
+        }
+    }
+    Ok(more.map_or(first, bytes::BytesMut::freeze))
 }
 
 fn main() {
