@@ -30,12 +30,8 @@ def main():
     try:
         for r in range(args.rounds):
             for kind in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
-                if kind == "nginx":
-                    g = v.Nginx(model.port, 1)
-                elif kind == "floor":
-                    g = v.Floor(args.floor, kind, model.port, 1)
-                else:
-                    g = v.Gate(args.binary, kind, model.port, 1)
+                binary = {"nginx": None, "floor": args.floor}.get(kind, args.binary)
+                g = v.proxy(kind, binary, model.port, 1)
                 try:
                     h.wrk(g.port, 2, 64)  # warm-up
                     pids = [g.proc.pid, *h.child_pids(g.proc.pid)]

@@ -51,6 +51,9 @@ _wait_http = h.wait_http
 h.wait_http = lambda url, timeout=20, headers=None: _wait_http(url, max(timeout, 180), headers)
 
 HOOK = "ProxyHttp>::request_filter"
+# Kinds whose calls are wrk's completed requests, with the demo model from
+# --model-bin (their binaries have none).
+COUNTED_BY_WRK = ("floor", "nginx")
 
 
 def measure(binary, kind, workload, seconds, out, model_bin):
@@ -64,12 +67,7 @@ def measure(binary, kind, workload, seconds, out, model_bin):
     load = {"stream": sse, "events": 200 if sse else 0}
     model = h.DemoModel(model_bin or binary)
     try:
-        if kind == "nginx":
-            g = v.Nginx(model.port, 1, binary=wrapper, single=True, timeout=180)
-        elif kind == "floor":
-            g = v.Floor(wrapper, kind, model.port, 1, timeout=180)
-        else:
-            g = v.Gate(wrapper, kind, model.port, 1)
+        g = v.proxy(kind, wrapper, model.port, 1, timeout=180, single=True)
         try:
             h.wrk(g.port, 3, 16, timeout=30, **load)  # warm-up: pools, lazy statics
             subprocess.run(["callgrind_control", "--zero", str(g.proc.pid)], check=True,
@@ -91,7 +89,7 @@ def measure(binary, kind, workload, seconds, out, model_bin):
     ann = subprocess.run(["callgrind_annotate", "--tree=caller", "--threshold=100", dump],
                          capture_output=True, text=True, check=True).stdout
     total = int(re.search(r"([\d,]+) \(100\.0%\)\s+PROGRAM TOTALS", ann).group(1).replace(",", ""))
-    if kind in ("floor", "nginx"):
+    if kind in COUNTED_BY_WRK:
         return total, r["requests"], dump
     # The hook's callers, with their call counts, are listed above its line.
     lines = ann.splitlines()
@@ -124,7 +122,7 @@ def main():
         b = os.path.abspath(b)
         out = os.path.join(keep, f"callgrind-{i}-{os.path.basename(b)}-{args.kind}-{args.workload}")
         total, calls, dump = measure(b, args.kind, args.workload, args.seconds, out,
-                                     args.model_bin if args.kind in ("floor", "nginx") else None)
+                                     args.model_bin if args.kind in COUNTED_BY_WRK else None)
         if calls == 0:
             sys.exit(f"{b}: no call completed")
         print(f"{b} ({args.kind} {args.workload}): {total:,} instructions / {calls:,} calls = "

@@ -395,13 +395,24 @@ def build_floors():
     return out
 
 
-def start(kind, args, model, tls=None):
-    """A fresh proxy of `kind`; with `tls` (a TestCert), also listening for HTTPS."""
+def proxy(kind, binary, upstream_port, threads, tls=None, timeout=20, single=False, **nginx):
+    """A fresh proxy of `kind` run from `binary` (nginx: None for the system's);
+    with `tls` (a TestCert), also listening for HTTPS. `timeout` bounds nginx's
+    and a floor's start (modelgate's is harness.wait_http's); `single` and the
+    rest are Nginx's."""
     if kind == "nginx":
-        return Nginx(model.port, args.threads, args.nginx_worker_connections, tls)
+        return Nginx(upstream_port, threads, tls=tls, binary=binary, single=single,
+                     timeout=timeout, **nginx)
     if kind in FLOORS:
-        return Floor(args.floor_bins[kind], kind, model.port, args.threads)
-    return Gate(args.bin, kind, model.port, args.threads, tls)
+        return Floor(binary, kind, upstream_port, threads, timeout)
+    return Gate(binary, kind, upstream_port, threads, tls)
+
+
+def start(kind, args, model, tls=None):
+    """A fresh proxy of `kind` for one run of the load test."""
+    binary = None if kind == "nginx" else args.floor_bins[kind] if kind in FLOORS else args.bin
+    return proxy(kind, binary, model.port, args.threads, tls,
+                 worker_connections=args.nginx_worker_connections)
 
 
 class TestCert:
